@@ -1,0 +1,75 @@
+"""One CLI over the toolkit: train -> sample -> export -> verify -> (runtime) sample -> bench.
+
+Run `python cli.py --help`, or `python cli.py COMMAND --help`. Every command imports its heavy
+libraries lazily, so runtime-only commands never load MindSpore.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from runtime.errors import ToolkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, export and deploy the MindSpore tutorial's DDPM.")
+
+# Each area keeps its commands in its own module; registration order is the order in --help.
+from train import commands as train_commands  # noqa: E402  (light: no MindSpore at import)
+
+app.command("train")(train_commands.train)
+app.command("noise")(train_commands.noise)
+
+from export import commands as export_commands  # noqa: E402  (light: MindSpore only inside the commands)
+
+app.command("export")(export_commands.export)
+app.command("verify")(export_commands.verify)
+
+
+@app.command()
+def sample(
+    checkpoint: Optional[Path] = typer.Option(None, help="MindSpore reference path: a .ckpt file or run directory."),
+    artifact: Optional[Path] = typer.Option(None, help="Runtime path: an exported model (.onnx/.mindir/.ms) with its manifest."),
+    backend: Optional[str] = typer.Option(None, help="Runtime backend: onnxruntime | mindspore | mslite (default: by the artifact's format)."),
+    scheduler: str = typer.Option("ddpm", help="Runtime scheduler: ddpm | ddim | dpmpp (the reference path is always DDPM)."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: T for ddpm, 50 for ddim, 20 for dpmpp)."),
+    eta: float = typer.Option(0.0, help="DDIM eta (0 = deterministic, 1 = DDPM-like)."),
+    spacing: str = typer.Option("trailing", help="Timestep spacing with fewer steps than T: linspace | leading | trailing."),
+    clip_x0: bool = typer.Option(False, "--clip-x0", help="Clip each predicted x0 to [-1, 1]."),
+    n: int = typer.Option(16, help="Number of images."),
+    batch: Optional[int] = typer.Option(None, help="Images per U-Net call (default: all at once, or the artifact's fixed batch)."),
+    seed: int = typer.Option(0, help="Seed of the numpy noise generator (same seed, same images)."),
+    out: Path = typer.Option(Path("samples.png"), help="PNG grid to write."),
+    gif: Optional[Path] = typer.Option(None, help="Also write a GIF of the denoising process."),
+    npz: Optional[Path] = typer.Option(None, help="Also write the uint8 images as .npz (key: images)."),
+    threads: Optional[int] = typer.Option(None, help="Runtime intra-op threads (default: the backend's)."),
+    provider: Optional[List[str]] = typer.Option(None, help="onnxruntime execution provider(s), e.g. CUDAExecutionProvider."),
+) -> None:
+    """Generate images, either from a checkpoint (MindSpore reference DDPM sampler) or from an exported artifact (runtime)."""
+    if (checkpoint is None) == (artifact is None):
+        raise ToolkitError("give exactly one of --checkpoint (MindSpore reference) or --artifact (runtime)")
+    if n < 1:
+        raise ToolkitError(f"--n must be >= 1, got {n}")
+    if checkpoint is not None:
+        train_commands.sample_reference(checkpoint, n=n, seed=seed, out=out, gif=gif, npz=npz)
+    else:
+        from runtime import commands as runtime_commands
+
+        runtime_commands.sample_artifact(artifact, backend=backend, scheduler=scheduler, steps=steps, eta=eta, n=n,
+                                         batch=batch, seed=seed, out=out, gif=gif, npz=npz, threads=threads,
+                                         providers=provider, spacing=spacing, clip_x0=clip_x0)
+
+
+def main() -> None:
+    """Run the CLI; our errors become one line on stderr and their exit code, never a traceback."""
+    try:
+        app()  # click handles usage errors itself (exit 2) and exits
+    except ToolkitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny config, a tiny (untrained) checkpoint, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**train_overrides) -> Config:
+    """A U-Net of a few thousand parameters on 8x8 grey images, T=10: fast enough for every test."""
+    return Config(
+        model=ModelConfig(image_size=8, channels=1, dim=8, dim_mults=(1, 2)),
+        diffusion=DiffusionConfig(schedule="linear", timesteps=10),
+        train=TrainConfig(steps=4, batch_size=4, checkpoint_every=2, log_every=1, **train_overrides),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of an untrained tiny U-Net (random weights, seed 0)."""
+    import mindspore as ms
+
+    from train.checkpoint import save_checkpoint
+    from train.model import build_unet
+
+    ms.set_seed(0)
+    config = tiny_config()
+    net = build_unet(config.model)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.ckpt"
+    return save_checkpoint(path, config, step=0, net=net)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python cli.py ARGS` in a fresh process; returns the completed process (text output)."""
+    full_env = {**os.environ, "GLOG_v": "3", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, args)], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
+    """A bad input must give exit `code`, a one-line `error: ...` naming the problem, and no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])

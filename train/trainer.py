@@ -1,0 +1,168 @@
+"""The training loop: Adam with the tutorial's cosine-decay LR, Huber loss on random t, random
+horizontal flips, gradient clipping, optional EMA and loss scaling, a graph-mode (jit) step,
+atomic checkpoints every N steps and `--resume`.
+
+Randomness is drawn per step from numpy's Generator([seed, step]) and per epoch from
+Generator([seed, epoch]), so a resumed run sees exactly the batches the uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import numpy as np
+from tqdm import tqdm
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.amp import DynamicLossScaler, all_finite
+
+from runtime.config import Config
+from runtime.errors import ToolkitError
+from runtime.schedules import ScheduleTables
+
+from . import CPU_DISPATCH_NOTE
+from .checkpoint import EMA_PREFIX, LATEST, load_checkpoint, load_weights_into, optimizer_state, save_checkpoint
+from .diffusion import ForwardProcess
+from .model import build_unet, count_parameters
+
+MAX_NONFINITE_STEPS = 10
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    first_loss: float
+    last_loss: float
+    steps_run: int
+    seconds: float
+
+
+class BatchSampler:
+    """Epoch-shuffled batches with random flips, reproducible from (seed, step) alone."""
+
+    def __init__(self, images: np.ndarray, config: Config):
+        self.images = images  # float32 (N, C, H, W) on [-1, 1]
+        self.config = config
+        self.batches_per_epoch = max(1, len(images) // config.train.batch_size)
+        self._epoch, self._order = -1, np.arange(len(images))
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x_0, t and noise for one step."""
+        train = self.config.train
+        epoch, position = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, np.random.default_rng([train.seed, epoch]).permutation(len(self.images))
+        index = self._order[np.arange(position * train.batch_size, (position + 1) * train.batch_size) % len(self.images)]
+        rng = np.random.default_rng([train.seed, step, 1])
+        x0 = self.images[index]
+        if train.hflip:
+            flip = rng.random(len(x0)) < 0.5
+            x0 = np.where(flip[:, None, None, None], x0[..., ::-1], x0)
+        t = rng.integers(0, self.config.diffusion.timesteps, size=len(x0), dtype=np.int32)
+        noise = rng.standard_normal(x0.shape, dtype=np.float32)
+        return np.ascontiguousarray(x0, dtype=np.float32), t, noise
+
+
+def cosine_lr(config: Config) -> List[float]:
+    """The tutorial's `nn.cosine_decay_lr` from lr to min_lr over all steps."""
+    train = config.train
+    return nn.cosine_decay_lr(min_lr=train.min_lr, max_lr=train.lr, total_step=train.steps,
+                              step_per_epoch=1, decay_epoch=train.steps)
+
+
+class TrainStep:
+    """One jit-compiled optimisation step; skips the update (and reports it) when loss or grads are not finite."""
+
+    def __init__(self, net: nn.Cell, config: Config):
+        self.net = net
+        self.forward = ForwardProcess(ScheduleTables.from_name(config.diffusion.schedule, config.diffusion.timesteps),
+                                      loss=config.diffusion.loss)
+        self.optimizer = nn.Adam(net.trainable_params(), learning_rate=cosine_lr(config))
+        self.grad_clip = config.train.grad_clip
+        self.scaler = DynamicLossScaler(65536, 2, 1000) if config.train.loss_scale else None
+        self.ema_decay = config.train.ema_decay
+        self.params = ms.ParameterTuple(net.trainable_params())
+        self.ema_params = ms.ParameterTuple([Parameter(p.data.copy(), name=EMA_PREFIX + p.name, requires_grad=False)
+                                             for p in self.params] if self.ema_decay else [])
+        self.grad_fn = ms.value_and_grad(self._loss, None, self.optimizer.parameters)
+        self.step = ms.jit(self._step)
+
+    def _loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        loss = self.forward.p_losses(self.net, x0, t, noise)
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def _step(self, x0: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        loss, grads = self.grad_fn(x0, t, noise)
+        if self.scaler is not None:
+            loss, grads = self.scaler.unscale(loss), self.scaler.unscale(grads)
+        finite = ops.logical_and(all_finite(grads), ops.isfinite(loss))
+        if self.scaler is not None:
+            self.scaler.adjust(finite)
+        if finite:
+            grads = ops.clip_by_global_norm(grads, self.grad_clip)
+            self.optimizer(grads)
+            for ema, param in zip(self.ema_params, self.params):
+                ops.assign(ema, ema * self.ema_decay + param * (1.0 - self.ema_decay))
+        return loss, finite
+
+
+def load_resume_state(path: Path, step: TrainStep) -> int:
+    """Restore weights, EMA and optimizer state from a checkpoint; return its step."""
+    checkpoint = load_checkpoint(path)
+    load_weights_into(step.net, checkpoint.weights, checkpoint.path)
+    for target, source in ((step.ema_params, checkpoint.ema_weights),
+                           (optimizer_state(step.optimizer, step.net), checkpoint.optimizer_state)):
+        for param in target:
+            name = param.name[len(EMA_PREFIX):] if param.name.startswith(EMA_PREFIX) else param.name
+            if name not in source:
+                raise ToolkitError(f"checkpoint lacks training state {param.name!r} needed to resume: {path}")
+            param.set_data(Tensor(source[name], param.dtype))
+    return checkpoint.step
+
+
+def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Train (or resume) and write `run_dir/checkpoints/latest.ckpt`; returns the losses seen."""
+    config.validate()
+    ms.set_seed(config.train.seed)
+    net = build_unet(config.model)
+    trainer = TrainStep(net, config)
+    checkpoint_path = run_dir / "checkpoints" / LATEST
+    start = load_resume_state(checkpoint_path, trainer) if resume else 0
+    if start >= config.train.steps:
+        raise ToolkitError(f"run already finished {start} of {config.train.steps} steps; raise --steps to continue")
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    sampler = BatchSampler(images, config)
+    log = (run_dir / "train_log.jsonl").open("a", encoding="utf-8")
+    tqdm.write(f"model: {count_parameters(net):,} parameters; data: {len(images):,} images; {CPU_DISPATCH_NOTE}")
+    if resume:
+        tqdm.write(f"resuming from step {start}: {checkpoint_path}")
+
+    losses: List[float] = []
+    nonfinite_run = 0
+    began = time.perf_counter()
+    progress = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
+                    disable=not show_progress, dynamic_ncols=True)
+    for step in progress:
+        x0, t, noise = sampler.batch(step)
+        loss, finite = trainer.step(Tensor(x0), Tensor(t), Tensor(noise))
+        loss_value = float(loss.asnumpy())
+        nonfinite_run = 0 if bool(finite.asnumpy()) else nonfinite_run + 1
+        if nonfinite_run >= MAX_NONFINITE_STEPS:
+            raise ToolkitError(f"loss was not finite for {MAX_NONFINITE_STEPS} consecutive steps (step {step + 1}); "
+                               f"last good checkpoint kept: {checkpoint_path}")
+        losses.append(loss_value)
+        done = step + 1
+        if done % config.train.log_every == 0 or done == config.train.steps:
+            progress.set_postfix(loss=f"{np.mean(losses[-config.train.log_every:]):.4f}")
+            log.write(json.dumps({"step": done, "loss": loss_value, "time": round(time.perf_counter() - began, 3)}) + "\n")
+            log.flush()
+        if done % config.train.checkpoint_every == 0 or done == config.train.steps:
+            save_checkpoint(checkpoint_path, config, done, net, trainer.ema_params, trainer.optimizer)
+    progress.close()
+    log.close()
+    return TrainResult(checkpoint=checkpoint_path, first_loss=losses[0], last_loss=losses[-1],
+                       steps_run=len(losses), seconds=time.perf_counter() - began)
