@@ -6,9 +6,17 @@ RUN    := runs/demo
 # The demo model: the tutorial's U-Net, narrowed to train in minutes on 2 CPU cores, on the embedded digits at 16x16.
 DEMO_MODEL := --image-size 16 --dim 16 --dim-mults 1,2 --timesteps 200
 DEMO_TRAIN := --steps 1500 --batch-size 64 --lr 2e-3 --ema 0.995 --checkpoint-every 500
+# `make train-dp`: the demo's training, data-parallel on WORKERS msrun workers on this machine (README: "Training on several devices").
+DP_RUN      := runs/dp
+WORKERS     ?= 2
+MASTER_PORT ?= 8118
 
-.PHONY: setup demo test clean
+.PHONY: setup mslite demo train-dp test clean
 setup: $(VENV)/.installed
+
+# The MindSpore Lite native bridge (fetches the PyPI mindspore-lite 2.0.0 wheel into .cache/, compiles; no-op when built).
+mslite: setup
+	$(PY) -m runtime.mslite.build
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +24,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[train,export,dev]"
 	touch $@
 
-demo: setup
+demo: setup mslite
 	rm -rf $(RUN)
 	$(PY) cli.py train --out $(RUN) $(DEMO_MODEL) $(DEMO_TRAIN)
 	$(PY) cli.py sample --checkpoint $(RUN) --n 64 --out $(RUN)/reference.png --gif $(RUN)/reference.gif
 	@echo "demo done: see $(RUN)/"
 
-test: setup
+train-dp: setup
+	rm -rf $(DP_RUN)
+	$(PY) cli.py train --out $(DP_RUN) $(DEMO_MODEL) $(DEMO_TRAIN) --workers $(WORKERS) --master-port $(MASTER_PORT)
+
+test: setup mslite
 	$(PY) -m pytest
 
 clean:

@@ -37,11 +37,22 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        _make_durable(tmp)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _make_durable(path: Path) -> None:
+    """fsync the finished file and give it the usual permissions (mkstemp makes 0600; writers may make 0400)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -22,8 +22,9 @@ def _config(**train):
 
 
 def test_checkpoint_round_trip_keeps_weights_config_and_step(tmp_path, digits8):
-    config = _config(steps=2, checkpoint_every=1, ema_decay=0.9)
+    config = _config(steps=2, checkpoint_every=1, ema_decay=0.9, sample_every=2)
     result = trainer_module.train(config, digits8, tmp_path, show_progress=False)
+    assert (tmp_path / "samples" / "step-000002.png").is_file()  # the periodic sample grid
     loaded = load_checkpoint(result.checkpoint)
     assert loaded.config == config and loaded.step == 2
     assert set(loaded.ema_weights) == set(loaded.weights)

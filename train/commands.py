@@ -5,6 +5,7 @@ Imported by cli.py at start-up, so MindSpore is imported inside the functions on
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -15,6 +16,8 @@ from runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
 from runtime.errors import ToolkitError
 from runtime.files import check_output_dir
 from runtime.images import save_gif, save_grid, save_npz, to_uint8
+
+from .launch import launch_workers, msrun_worker_count
 
 
 def _parse_mults(text: Optional[str]) -> Optional[tuple]:
@@ -58,8 +61,15 @@ def train(
     sample_every: Optional[int] = typer.Option(None, help="Write a sample grid every N steps (default 0: only at the end)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (its config is reused)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    workers: Optional[int] = typer.Option(None, help="Train data-parallel on N workers on this machine, launched with "
+                                                     "MindSpore's msrun; each takes batch-size/N images of every batch."),
+    master_port: int = typer.Option(8118, help="Port of msrun's scheduler, with --workers."),
+    distributed: bool = typer.Option(False, "--distributed", help="Run as one data-parallel worker of an msrun job "
+                                                                 "(`msrun ... cli.py train --distributed ...`; --workers adds it)."),
 ) -> None:
     """Train the tutorial's U-Net noise predictor with MindSpore and write checkpoints into the run directory."""
+    if distributed:
+        msrun_worker_count()  # fails unless msrun started this process, before the run directory is touched
     overrides = {
         "model": dict(image_size=image_size, channels=channels, dim=dim, dim_mults=_parse_mults(dim_mults)),
         "diffusion": dict(schedule=schedule, timesteps=timesteps, loss=loss),
@@ -67,13 +77,18 @@ def train(
                       loss_scale=loss_scale, seed=seed, checkpoint_every=checkpoint_every, sample_every=sample_every),
     }
     config = _resume_config(out, overrides) if resume else _new_run_config(out, overrides)
+    if workers is not None:
+        return launch_workers(workers, master_port, out, config.train.batch_size, sys.argv)
     from .data import load_images, to_model_range
+    from .distributed import DistributedContext, join_msrun_cluster
     from .trainer import train as run_training
 
     images = load_images(config.train.data, config.model.image_size, config.model.channels)
-    result = run_training(config, to_model_range(images), out, resume=resume, show_progress=progress)
-    typer.echo(f"trained {result.steps_run} steps in {result.seconds:.1f} s; loss {result.first_loss:.4f} -> "
-               f"{result.last_loss:.4f}; checkpoint: {result.checkpoint}")
+    context = join_msrun_cluster(config.train.batch_size) if distributed else DistributedContext()
+    result = run_training(config, to_model_range(images), out, resume=resume, show_progress=progress, context=context)
+    if context.is_main:
+        typer.echo(f"trained {result.steps_run} steps in {result.seconds:.1f} s; loss {result.first_loss:.4f} -> "
+                   f"{result.last_loss:.4f}; checkpoint: {result.checkpoint}")
 
 
 def _new_run_config(out: Path, overrides: Dict[str, Dict[str, Any]]) -> Config:

@@ -4,6 +4,7 @@ atomic checkpoints every N steps and `--resume`.
 
 Randomness is drawn per step from numpy's Generator([seed, step]) and per epoch from
 Generator([seed, epoch]), so a resumed run sees exactly the batches the uninterrupted run would.
+Under msrun (train/distributed.py) each worker trains on its slice of that same global batch.
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from mindspore.amp import DynamicLossScaler, all_finite
 
 from runtime.config import Config
 from runtime.errors import ToolkitError
+from runtime.images import save_grid, to_uint8
 from runtime.schedules import ScheduleTables
 
 from . import CPU_DISPATCH_NOTE
 from .checkpoint import EMA_PREFIX, LATEST, load_checkpoint, load_weights_into, optimizer_state, save_checkpoint
-from .diffusion import ForwardProcess
+from .diffusion import ForwardProcess, draw_sampling_noise, reference_sample
+from .distributed import DistributedContext, GradientMean, write_rank_weights
 from .model import build_unet, count_parameters
 
 MAX_NONFINITE_STEPS = 10
@@ -77,7 +80,7 @@ def cosine_lr(config: Config) -> List[float]:
 class TrainStep:
     """One jit-compiled optimisation step; skips the update (and reports it) when loss or grads are not finite."""
 
-    def __init__(self, net: nn.Cell, config: Config):
+    def __init__(self, net: nn.Cell, config: Config, context: DistributedContext = DistributedContext()):
         self.net = net
         self.forward = ForwardProcess(ScheduleTables.from_name(config.diffusion.schedule, config.diffusion.timesteps),
                                       loss=config.diffusion.loss)
@@ -89,6 +92,7 @@ class TrainStep:
         self.ema_params = ms.ParameterTuple([Parameter(p.data.copy(), name=EMA_PREFIX + p.name, requires_grad=False)
                                              for p in self.params] if self.ema_decay else [])
         self.grad_fn = ms.value_and_grad(self._loss, None, self.optimizer.parameters)
+        self.reducer = GradientMean(self.optimizer.parameters, context.world_size) if context.is_distributed else None
         self.step = ms.jit(self._step)
 
     def _loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -99,6 +103,8 @@ class TrainStep:
         loss, grads = self.grad_fn(x0, t, noise)
         if self.scaler is not None:
             loss, grads = self.scaler.unscale(loss), self.scaler.unscale(grads)
+        if self.reducer is not None:
+            loss, grads = self.reducer(loss, grads)
         finite = ops.logical_and(all_finite(grads), ops.isfinite(loss))
         if self.scaler is not None:
             self.scaler.adjust(finite)
@@ -108,6 +114,20 @@ class TrainStep:
             for ema, param in zip(self.ema_params, self.params):
                 ops.assign(ema, ema * self.ema_decay + param * (1.0 - self.ema_decay))
         return loss, finite
+
+
+def write_progress_samples(path: Path, trainer: TrainStep, config: Config, n: int = 16) -> None:
+    """A grid from the current weights (EMA if kept) by the reference sampler, with a fixed seed."""
+    eval_net = build_unet(config.model)
+    weights = trainer.ema_params if trainer.ema_params else trainer.params
+    for target, source in zip(eval_net.trainable_params(), weights):
+        target.set_data(source.value().copy())
+    eval_net.set_train(False)
+    tables = ScheduleTables.from_name(config.diffusion.schedule, config.diffusion.timesteps)
+    shape = (n, config.model.channels, config.model.image_size, config.model.image_size)
+    x_T, step_noise = draw_sampling_noise(np.random.default_rng(config.train.seed), shape, tables.timesteps)
+    path.parent.mkdir(exist_ok=True)
+    save_grid(path, to_uint8(reference_sample(eval_net, tables, x_T, step_noise)))
 
 
 def load_resume_state(path: Path, step: TrainStep) -> int:
@@ -124,30 +144,40 @@ def load_resume_state(path: Path, step: TrainStep) -> int:
     return checkpoint.step
 
 
-def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = False, show_progress: bool = True) -> TrainResult:
-    """Train (or resume) and write `run_dir/checkpoints/latest.ckpt`; returns the losses seen."""
+def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = False, show_progress: bool = True,
+          context: DistributedContext = DistributedContext()) -> TrainResult:
+    """Train (or resume) and write `run_dir/checkpoints/latest.ckpt`; returns the losses seen.
+
+    With a distributed `context` this process is one msrun worker: it trains on its slice of each
+    batch, and only rank 0 writes the checkpoint and the log.
+    """
     config.validate()
     ms.set_seed(config.train.seed)
     net = build_unet(config.model)
-    trainer = TrainStep(net, config)
+    trainer = TrainStep(net, config, context)
     checkpoint_path = run_dir / "checkpoints" / LATEST
     start = load_resume_state(checkpoint_path, trainer) if resume else 0
     if start >= config.train.steps:
         raise ToolkitError(f"run already finished {start} of {config.train.steps} steps; raise --steps to continue")
-    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     sampler = BatchSampler(images, config)
-    log = (run_dir / "train_log.jsonl").open("a", encoding="utf-8")
-    tqdm.write(f"model: {count_parameters(net):,} parameters; data: {len(images):,} images; {CPU_DISPATCH_NOTE}")
-    if resume:
-        tqdm.write(f"resuming from step {start}: {checkpoint_path}")
+    log = None
+    if context.is_main:
+        checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        log = (run_dir / "train_log.jsonl").open("a", encoding="utf-8")
+        tqdm.write(f"model: {count_parameters(net):,} parameters; data: {len(images):,} images; {CPU_DISPATCH_NOTE}")
+        if context.is_distributed:
+            tqdm.write(f"data parallel: {context.world_size} workers, {config.train.batch_size // context.world_size} "
+                       f"images each of every batch of {config.train.batch_size}")
+        if resume:
+            tqdm.write(f"resuming from step {start}: {checkpoint_path}")
 
     losses: List[float] = []
     nonfinite_run = 0
     began = time.perf_counter()
     progress = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
-                    disable=not show_progress, dynamic_ncols=True)
+                    disable=not (show_progress and context.is_main), dynamic_ncols=True)
     for step in progress:
-        x0, t, noise = sampler.batch(step)
+        x0, t, noise = context.shard(*sampler.batch(step))
         loss, finite = trainer.step(Tensor(x0), Tensor(t), Tensor(noise))
         loss_value = float(loss.asnumpy())
         nonfinite_run = 0 if bool(finite.asnumpy()) else nonfinite_run + 1
@@ -156,13 +186,17 @@ def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = Fals
                                f"last good checkpoint kept: {checkpoint_path}")
         losses.append(loss_value)
         done = step + 1
-        if done % config.train.log_every == 0 or done == config.train.steps:
+        if log is not None and (done % config.train.log_every == 0 or done == config.train.steps):
             progress.set_postfix(loss=f"{np.mean(losses[-config.train.log_every:]):.4f}")
             log.write(json.dumps({"step": done, "loss": loss_value, "time": round(time.perf_counter() - began, 3)}) + "\n")
             log.flush()
-        if done % config.train.checkpoint_every == 0 or done == config.train.steps:
+        if context.is_main and (done % config.train.checkpoint_every == 0 or done == config.train.steps):
             save_checkpoint(checkpoint_path, config, done, net, trainer.ema_params, trainer.optimizer)
+        if context.is_main and config.train.sample_every and done % config.train.sample_every == 0:
+            write_progress_samples(run_dir / "samples" / f"step-{done:06d}.png", trainer, config)
     progress.close()
-    log.close()
+    if log is not None:
+        log.close()
+    write_rank_weights(net, context)
     return TrainResult(checkpoint=checkpoint_path, first_loss=losses[0], last_loss=losses[-1],
                        steps_run=len(losses), seconds=time.perf_counter() - began)

@@ -1,0 +1,1 @@
+"""`cli.py bench`: latency, throughput and FLOP efficiency of every backend, measured in one run."""

@@ -1,0 +1,92 @@
+"""CLI commands `export` and `verify`. cli.py imports this module at start-up: no MindSpore here
+(export.pipeline, which loads it, is imported inside the commands after the cheap checks).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from runtime.errors import ToolkitError, VerificationFailed
+from runtime.files import check_output_dir
+
+from .formats import FORMATS, check_format
+from .gate import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_SEED, MSLITE_THRESHOLDS, Thresholds, format_report
+
+_ATOL = typer.Option(None, help=f"Gate: largest allowed |artifact - MindSpore| (default {DEFAULT_ATOL:g}; mslite "
+                                f"{MSLITE_THRESHOLDS.atol:g}).")
+_MIN_COSINE = typer.Option(None, help=f"Gate: smallest allowed cosine similarity per case (default {DEFAULT_MIN_COSINE:g}; "
+                                      f"mslite {MSLITE_THRESHOLDS.min_cosine:g}).")
+_SEED = typer.Option(DEFAULT_SEED, help="Gate: seed of the random inputs (x ~ N(0,1), t spanning 0..T-1).")
+_CHECKPOINT = typer.Option(..., help="A .ckpt file, or a run directory (its checkpoints/latest.ckpt).")
+
+
+def export(
+    checkpoint: Path = _CHECKPOINT,
+    fmt: str = typer.Option(..., "--format", help=f"Artifact format: {' | '.join(FORMATS)}."),
+    out: Optional[Path] = typer.Option(None, help="Artifact path (its directory must exist). Default: RUN/export/unet.onnx, "
+                                                  "unet.mindir or unet.lite.mindir, RUN being the checkpoint's run directory. The manifest "
+                                                  "is written beside it as <artifact>.json."),
+    batch: str = typer.Option("dynamic", help="'dynamic' (any batch size) or a fixed batch size N, recorded in the manifest."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's, 11; others via onnx.version_converter)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the numeric gate (default). --no-verify marks the "
+                                                                   "manifest as unverified."),
+    atol: float = _ATOL,
+    min_cosine: float = _MIN_COSINE,
+    seed: int = _SEED,
+) -> None:
+    """Export the U-Net eps(x_t, t) to ONNX, MindIR or MindSpore Lite, prove it matches MindSpore, write artifact + manifest.
+
+    The numeric gate reloads the artifact as a consumer would (onnxruntime; mindspore.load + GraphCell; the Lite runtime in a child process), compares it with the checkpoint's model on random inputs at batch sizes 1, 5, 16, 64 (or the fixed batch), and fails the export (exit 1, nothing written) unless every case meets --atol and --min-cosine.
+    """
+    fmt, batch_size = check_format(fmt), parse_batch(batch)
+    _check_thresholds(atol, min_cosine)
+    if out is not None:
+        check_output_dir(out)
+    from .pipeline import ExportRequest, GateSettings, export_checkpoint
+
+    request = ExportRequest(format=fmt, out=out, batch=batch_size, opset=opset,
+                            gate=GateSettings(atol, min_cosine, seed) if verify else None)
+    export_checkpoint(checkpoint, request, log=_log)
+
+
+def verify(
+    artifact: Path = typer.Argument(..., help="An exported artifact; its manifest <artifact>.json must be beside it."),
+    checkpoint: Path = _CHECKPOINT,
+    atol: float = _ATOL,
+    min_cosine: float = _MIN_COSINE,
+    seed: int = _SEED,
+    end_to_end: bool = typer.Option(False, "--end-to-end", help="Also run whole DDPM samples on the runtime and the "
+                                    "MindSpore reference from the same noise (gate: PSNR >= 40 dB, max abs <= 1e-3)."),
+) -> None:
+    """Re-run the numeric gate on an artifact against a checkpoint; print the table; exit 1 if it fails."""
+    _check_thresholds(atol, min_cosine)
+    from .pipeline import GateSettings, verify_artifact
+
+    report = verify_artifact(artifact, checkpoint, GateSettings(atol, min_cosine, seed), log=_log)
+    typer.echo(format_report(report))
+    if not report.passed:
+        raise VerificationFailed(f"{artifact} does not compute what {checkpoint} computes (see the table above)")
+    if end_to_end:
+        from .end_to_end import check_end_to_end
+
+        check_end_to_end(artifact, checkpoint, seed=seed, log=typer.echo)
+
+
+def _check_thresholds(atol: Optional[float], min_cosine: Optional[float]) -> None:
+    """Refuse nonsense thresholds before any slow work (None means the format's default)."""
+    Thresholds(DEFAULT_ATOL if atol is None else atol, DEFAULT_MIN_COSINE if min_cosine is None else min_cosine).validate()
+
+
+def parse_batch(text: str) -> Optional[int]:
+    """'dynamic' -> None; 'N' -> N >= 1."""
+    if text == "dynamic":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ToolkitError(f"--batch must be 'dynamic' or a positive integer, got {text!r}")
+    return int(text)
+
+
+def _log(message: str) -> None:
+    typer.echo(message, err=True)

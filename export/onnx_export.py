@@ -1,0 +1,117 @@
+"""ONNX: `mindspore.onnx.export`, repaired with the `onnx` package, `check_model(full_check=True)`, and
+loaded back with onnxruntime. Only `export` touches MindSpore; repairing and loading never do.
+
+Repairs of MindSpore 2.10's exporter output:
+- ConvTranspose carries a 4-value `output_shape` that onnxruntime rejects: it is dropped (the explicit
+  pads give the output size), and the sizes shape inference then gives are checked against it;
+- the output has a numeric name and the traced batch baked into its shape: it is renamed `eps` and,
+  in a dynamic export, its batch axis made symbolic. (`output_names` is not passed to the exporter:
+  the graph it makes is rejected by the MindSpore Lite converter.)
+- the exporter writes opset 11; another `opset` goes through `onnx.version_converter`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import onnx
+import onnxruntime as ort
+
+from runtime.config import ModelConfig
+from runtime.errors import ToolkitError, VerificationFailed
+
+from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported, first_line
+from .gate import EpsFn
+
+SUFFIX = ".onnx"
+LOADER = f"onnxruntime {ort.__version__} CPU"
+TRACE_BATCH = 2  # a dynamic export is traced at batch 2, so that no size-1 batch axis gets folded away
+
+
+def export(net, model: ModelConfig, path: Path, batch: Optional[int], opset: Optional[int]) -> Exported:
+    """Export `net` (a MindSpore cell) to `path`, repaired, converted to `opset` if given, and fully checked."""
+    import mindspore as ms  # the export step only
+
+    from .source import example_inputs
+
+    dynamic = batch is None
+    ms.onnx.export(net, *example_inputs(model, TRACE_BATCH if dynamic else batch), file_name=str(path),
+                   input_names=list(INPUT_NAMES),
+                   dynamic_axes={name: {0: BATCH_AXIS} for name in INPUT_NAMES} if dynamic else None)
+    graph = repair(onnx.load(str(path)), dynamic)
+    if opset is not None:
+        graph = convert_opset(graph, opset)
+    try:
+        onnx.checker.check_model(graph, full_check=True)
+    except Exception as exc:  # ValidationError or InferenceError, from onnx's C++ checker
+        raise VerificationFailed(f"the exported ONNX fails onnx.checker (full check): {first_line(exc)}") from None
+    onnx.save(graph, str(path))
+    return Exported(opset=default_opset(graph), notes={"exporter": f"mindspore {ms.__version__} onnx.export, repaired"})
+
+
+def repair(model: onnx.ModelProto, dynamic: bool) -> onnx.ModelProto:
+    """Fix MindSpore's ONNX in place (see the module docstring); returns `model`."""
+    stated = _drop_conv_transpose_output_shape(model.graph)
+    _rename_output(model.graph, OUTPUT_NAME)
+    if dynamic:
+        model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
+    _check_spatial_sizes(model, stated)
+    return model
+
+
+def _drop_conv_transpose_output_shape(graph: onnx.GraphProto) -> Dict[str, List[int]]:
+    """Remove ConvTranspose's `output_shape`; return what it stated, per node output."""
+    stated = {}
+    for node in graph.node:
+        if node.op_type != "ConvTranspose":
+            continue
+        for attribute in [a for a in node.attribute if a.name == "output_shape"]:
+            stated[node.output[0]] = list(attribute.ints)
+            node.attribute.remove(attribute)
+    return stated
+
+
+def _check_spatial_sizes(model: onnx.ModelProto, stated: Dict[str, List[int]]) -> None:
+    """The sizes implied by the pads must be the ones the dropped `output_shape` stated."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims = {info.name: [d.dim_value for d in info.type.tensor_type.shape.dim]
+            for info in [*inferred.graph.value_info, *inferred.graph.output]}
+    for name, shape in stated.items():
+        if dims.get(name, [])[2:] != shape[-2:]:
+            raise ToolkitError(f"ConvTranspose {name}: output size {dims.get(name)} differs from the exporter's "
+                               f"output_shape {shape}; this model cannot be exported to ONNX")
+
+
+def _rename_output(graph: onnx.GraphProto, new_name: str) -> None:
+    old_name = graph.output[0].name
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for index, name in enumerate(names):
+                if name == old_name:
+                    names[index] = new_name
+    graph.output[0].name = new_name
+
+
+def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Convert with onnx.version_converter, raising the IR version to what the new opset needs."""
+    try:
+        converted = onnx.version_converter.convert_version(model, opset)
+    except RuntimeError as exc:
+        raise ToolkitError(f"cannot convert the ONNX graph to opset {opset}: {first_line(exc, 160)}") from None
+    converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(converted.opset_import))
+    return converted
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def load_eps(path: Path) -> EpsFn:
+    """An onnxruntime session on the artifact, as `eps(x, t)`; no MindSpore involved."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...) derive from Exception
+        raise ToolkitError(f"not a loadable ONNX model: {path} ({first_line(exc, 160)})") from None
+    return lambda x, t: session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, (x, t))))[0]

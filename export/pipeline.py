@@ -1,0 +1,185 @@
+"""Export a checkpoint to an artifact + manifest behind the numeric gate, and re-verify an artifact later.
+
+Imports MindSpore (through train.checkpoint): only the `export` and `verify` commands load this module.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Dict, Optional
+
+from mindspore import nn
+
+from runtime.config import Config, ModelConfig
+from runtime.errors import ToolkitError, VerificationFailed
+from runtime.files import atomic_path, check_output_dir, sha256_file
+from runtime.manifest import Manifest, TensorSpec, manifest_path_for
+from runtime.schedules import ScheduleTables
+from train.checkpoint import Checkpoint, load_model
+
+from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported, first_line, format_module
+from .gate import DEFAULT_SEED, EpsFn, GateReport, Thresholds, format_report, gate_batch_sizes, gate_cases, run_gate
+from .source import source_eps
+
+Log = Callable[[str], None]
+PACKAGE = "ms-ddpm"
+SKIPPED_WARNING = "export NOT verified (--no-verify): nothing shows that this artifact computes what the checkpoint computes"
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    atol: Optional[float] = None  # None: the format's default (its module's THRESHOLDS, else Thresholds())
+    min_cosine: Optional[float] = None
+    seed: int = DEFAULT_SEED
+
+    def thresholds_for(self, module: ModuleType) -> Thresholds:
+        default = getattr(module, "THRESHOLDS", Thresholds())
+        return Thresholds(default.atol if self.atol is None else self.atol,
+                          default.min_cosine if self.min_cosine is None else self.min_cosine).validate()
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    format: str
+    out: Optional[Path] = None  # default: default_output()
+    batch: Optional[int] = None  # None: any batch size (symbolic batch axis)
+    opset: Optional[int] = None  # ONNX only; None: the exporter's own
+    gate: Optional[GateSettings] = GateSettings()  # None: skip the numeric gate
+
+
+def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Path:
+    """Export, verify, then move the artifact and its manifest into place; on any failure, write nothing."""
+    started = time.perf_counter()
+    module = format_module(request.format)
+    if request.gate is not None:
+        request.gate.thresholds_for(module)  # bad thresholds fail before the slow work
+    net, source = _load_source(checkpoint, log)
+    out = check_output_dir(request.out or default_output(source.path, module.SUFFIX))
+    with tempfile.TemporaryDirectory(prefix="ms-ddpm-export.") as scratch:
+        # MindSpore's exporters accept only [0-9a-zA-Z@_-.:/] in a path: export to a plain name first.
+        artifact = Path(scratch) / f"unet{module.SUFFIX}"
+        exported = _export(module, net, source.config.model, artifact, request, log)
+        verification = _verification(module, artifact, net, source.config, request, log)
+        manifest = build_manifest(request, out.name, sha256_file(artifact), exported, source, verification)
+        _install(artifact, manifest, out)
+    log(f"wrote {out} and {manifest_path_for(out).name} ({time.perf_counter() - started:.1f} s in all)")
+    return out
+
+
+def verify_artifact(artifact: Path, checkpoint: Path, settings: GateSettings, log: Log) -> GateReport:
+    """Load the artifact as a consumer would and run the numeric gate against the checkpoint's model."""
+    if not artifact.is_file():
+        raise ToolkitError(f"artifact not found: {artifact}")
+    manifest = Manifest.load(manifest_path_for(artifact))
+    module = format_module(manifest.format)
+    settings.thresholds_for(module)
+    artifact_eps = module.load_eps(artifact)
+    net, source = _load_source(checkpoint, log)
+    _check_manifest_matches(manifest, source.config)
+    report = _run_gate(module, artifact, net, source.config, manifest.fixed_batch, settings, log, artifact_eps)
+    if sha256_file(artifact) != manifest.artifact_sha256:
+        report.notes.append("the artifact's sha256 differs from its manifest's (the file changed after export)")
+    if sha256_file(source.path) != manifest.source_checkpoint_sha256:
+        report.notes.append("this checkpoint is not the file the artifact was exported from")
+    return report
+
+
+def build_manifest(request: ExportRequest, artifact_name: str, artifact_sha256: str, exported: Exported,
+                   source: Checkpoint, verification: Dict[str, Any]) -> Manifest:
+    """The manifest of one export: enough to sample from the artifact with no MindSpore and no checkpoint."""
+    config = source.config
+    batch_dim = BATCH_AXIS if request.batch is None else request.batch
+    image = [config.model.channels, config.model.image_size, config.model.image_size]
+    return Manifest(
+        format=request.format,
+        artifact=artifact_name,
+        artifact_sha256=artifact_sha256,
+        config=config.to_dict(),
+        betas=ScheduleTables.from_name(config.diffusion.schedule, config.diffusion.timesteps).betas.tolist(),
+        inputs=[TensorSpec(INPUT_NAMES[0], "float32", [batch_dim, *image]), TensorSpec(INPUT_NAMES[1], "int32", [batch_dim])],
+        outputs=[TensorSpec(OUTPUT_NAME, "float32", [batch_dim, *image])],
+        batch={"policy": "dynamic"} if request.batch is None else {"policy": "fixed", "size": request.batch},
+        opset=exported.opset,
+        source_checkpoint_sha256=sha256_file(source.path),
+        package_version=package_version(),
+        verification=verification,
+        extra=exported.notes,
+    )
+
+
+def default_output(checkpoint: Path, suffix: str) -> Path:
+    """RUN/export/unet<suffix>, RUN being the run directory that holds checkpoints/ (created if needed)."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    export_dir = run_dir / "export"
+    if not export_dir.is_dir():
+        check_output_dir(export_dir).mkdir()
+    return export_dir / f"unet{suffix}"
+
+
+def package_version() -> str:
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return f"unknown ({PACKAGE} not installed)"
+
+
+def _load_source(checkpoint: Path, log: Log) -> tuple[nn.Cell, Checkpoint]:
+    net, source = load_model(checkpoint)
+    log(f"loaded {source.path} (step {source.step})")
+    return net, source
+
+
+def _export(module: ModuleType, net: nn.Cell, model: ModelConfig, path: Path, request: ExportRequest,
+            log: Log) -> Exported:
+    log(f"exporting {request.format} (batch {request.batch or 'dynamic'}) ...")
+    started = time.perf_counter()
+    try:
+        exported = module.export(net, model, path, request.batch, request.opset)
+    except (RuntimeError, ValueError) as exc:  # MindSpore's exporters raise these, with pages of text
+        raise ToolkitError(f"MindSpore could not export to {request.format}: {first_line(exc)}") from None
+    log(f"exported in {time.perf_counter() - started:.1f} s")
+    return exported
+
+
+def _install(artifact: Path, manifest: Manifest, out: Path) -> None:
+    """Copy the artifact to `out` and write its manifest beside it, each atomically, the manifest last."""
+    with atomic_path(manifest_path_for(out)) as tmp_manifest, atomic_path(out) as tmp_artifact:
+        shutil.copyfile(artifact, tmp_artifact)
+        tmp_manifest.write_text(manifest.to_json() + "\n", encoding="utf-8")
+
+
+def _verification(module: ModuleType, artifact: Path, net: nn.Cell, config: Config, request: ExportRequest,
+                  log: Log) -> Dict[str, Any]:
+    """The manifest's verification entry; raises VerificationFailed when the gate fails."""
+    if request.gate is None:
+        log(f"WARNING: {SKIPPED_WARNING}")
+        return {"skipped": True, "warning": SKIPPED_WARNING}
+    report = _run_gate(module, artifact, net, config, request.batch, request.gate, log)
+    log(format_report(report))
+    if not report.passed:
+        raise VerificationFailed("the export failed the numeric gate; no artifact was written")
+    return report.to_dict()
+
+
+def _run_gate(module: ModuleType, artifact: Path, net: nn.Cell, config: Config, fixed_batch: Optional[int],
+              settings: GateSettings, log: Log, artifact_eps: Optional[EpsFn] = None) -> GateReport:
+    batch_sizes = gate_batch_sizes(fixed_batch)
+    log(f"verifying ({module.LOADER}) at batch sizes {', '.join(map(str, batch_sizes))} ...")
+    cases = gate_cases(config, settings.seed, batch_sizes)
+    return run_gate(artifact_eps or module.load_eps(artifact), source_eps(net, config.model), cases,
+                    settings.thresholds_for(module), settings.seed, module.LOADER)
+
+
+def _check_manifest_matches(manifest: Manifest, config: Config) -> None:
+    """The artifact's model and schedule must be the checkpoint's: the eps gate alone cannot see the betas."""
+    ours = manifest.run_config
+    if ours.model != config.model or ours.diffusion != config.diffusion:
+        raise VerificationFailed("the manifest's model/diffusion config differs from the checkpoint's")
+    expected = ScheduleTables.from_name(config.diffusion.schedule, config.diffusion.timesteps).betas.tolist()
+    if manifest.betas != expected:
+        raise VerificationFailed("the manifest's beta schedule differs from the checkpoint config's")

@@ -1,0 +1,198 @@
+"""Backends: `eps = backend(x_t, t)` over an exported U-Net, whatever library runs it.
+
+A backend library is imported only when its backend is opened, so the runtime needs nothing but
+numpy (+ pillow for images) until then. Each entry of `BACKENDS` names a factory
+`factory(artifact, manifest, threads=..., providers=...) -> Runner` that runs one batch the artifact
+accepts; `Backend` wraps it with the artifact's batch policy (chunk to `batch`, pad to a fixed size).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import ToolkitError
+from .manifest import Manifest, TensorSpec
+
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, t) of one accepted batch -> eps
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    format: str  # the manifest format it runs
+    factory: str  # "module:function", imported only when this backend is opened
+    library: str  # the Python module it needs
+    install: str  # how to install that module
+
+
+BACKENDS = {
+    "onnxruntime": BackendSpec("onnx", "runtime.backends:open_onnxruntime", "onnxruntime",
+                               "pip install onnxruntime (or onnxruntime-gpu for CUDA)"),
+    "mindspore": BackendSpec("mindir", "runtime.backends:open_mindspore", "mindspore", "pip install mindspore==2.10.0"),
+    # MindSpore Lite: its own package provides `runtime.mslite.open_mslite`.
+    "mslite": BackendSpec("mslite", "runtime.mslite:open_mslite", "mindspore_lite",
+                          "install a mindspore-lite build matching your MindSpore version"),
+}
+
+
+def backend_for_format(artifact_format: str) -> str:
+    """The default backend of an artifact format."""
+    return next(name for name, spec in BACKENDS.items() if spec.format == artifact_format)
+
+
+class Backend:
+    """eps = backend(x, t) for any number of images.
+
+    Splits the batch into chunks of `fixed_batch` (an artifact exported for one batch size; the
+    last chunk is zero-padded and the padding dropped) or else of `max_batch` (None: all at once).
+    """
+
+    def __init__(self, name: str, run: Runner, fixed_batch: Optional[int] = None, max_batch: Optional[int] = None):
+        self.name = name
+        self.run = run
+        self.fixed_batch = fixed_batch
+        self.max_batch = max_batch
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        size = self.fixed_batch or self.max_batch or len(x)
+        chunks = [self._run_chunk(x[start:start + size], t[start:start + size]) for start in range(0, len(x), size)]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def _run_chunk(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        count = len(x)
+        missing = (self.fixed_batch or count) - count
+        if missing:
+            x = np.concatenate([x, np.zeros((missing, *x.shape[1:]), x.dtype)])
+            t = np.concatenate([t, np.zeros(missing, t.dtype)])
+        return self.run(x, t)[:count]
+
+
+def open_backend(name: str, artifact: Path, manifest: Manifest, *, batch: Optional[int] = None,
+                 threads: Optional[int] = None, providers: Optional[Sequence[str]] = None) -> Backend:
+    """Open `artifact` with the named backend; every problem is a one-line ToolkitError."""
+    spec = BACKENDS.get(name)
+    if spec is None:
+        raise ToolkitError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if spec.format != manifest.format:
+        raise ToolkitError(f"the {name} backend runs {spec.format} artifacts, but {artifact} is {manifest.format} "
+                           f"(use --backend {backend_for_format(manifest.format)})")
+    if providers and name != "onnxruntime":
+        raise ToolkitError("execution providers apply to the onnxruntime backend only")
+    _check_positive(batch=batch, threads=threads)
+    fixed = manifest.fixed_batch
+    if fixed and batch and batch != fixed:
+        raise ToolkitError(f"{artifact} was exported for batch size {fixed}; use --batch {fixed} or leave it out")
+    run = _factory(name)(artifact, manifest, threads=threads, providers=providers)
+    return Backend(name, run, fixed_batch=fixed, max_batch=batch)
+
+
+def _factory(name: str) -> Callable[..., Runner]:
+    module_name, function = BACKENDS[name].factory.split(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), function, None)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        factory = None
+    if factory is None:
+        raise ToolkitError(f"the {name} backend is not part of this install")
+    return factory
+
+
+def import_library(backend: str) -> ModuleType:
+    """The backend's library, or a one-line error naming the install command."""
+    spec = BACKENDS[backend]
+    try:
+        return importlib.import_module(spec.library)
+    except ImportError:
+        raise ToolkitError(f"the {backend} backend needs {spec.library}, which is not installed: {spec.install}") from None
+
+
+def open_onnxruntime(artifact: Path, manifest: Manifest, *, threads: Optional[int] = None,
+                     providers: Optional[Sequence[str]] = None) -> Runner:
+    ort = import_library("onnxruntime")
+    providers = list(providers or ["CPUExecutionProvider"])
+    available = ort.get_available_providers()
+    for provider in providers:
+        if provider not in available:
+            raise ToolkitError(f"onnxruntime execution provider {provider} is not available "
+                               f"(this install has: {', '.join(available)})")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(artifact), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types with multi-line text
+        raise ToolkitError(f"corrupt or unreadable ONNX artifact: {artifact} ({first_line(exc)})") from None
+    if session.get_providers()[0] != providers[0]:
+        raise ToolkitError(f"onnxruntime could not start {providers[0]} (it fell back to {session.get_providers()[0]})")
+    check_signature(artifact, manifest, [_onnx_spec(arg) for arg in session.get_inputs()],
+                    [_onnx_spec(arg) for arg in session.get_outputs()])
+    x_name, t_name = (spec.name for spec in manifest.inputs)
+    outputs = [manifest.outputs[0].name]
+    return lambda x, t: session.run(outputs, {x_name: x, t_name: t})[0]
+
+
+def open_mindspore(artifact: Path, manifest: Manifest, *, threads: Optional[int] = None,
+                   providers: Optional[Sequence[str]] = None) -> Runner:
+    """MindIR through `mindspore.load` + `nn.GraphCell`; `threads` sets MindSpore's CPU kernel threads."""
+    ms = import_library("mindspore")
+    if threads:
+        try:
+            ms.device_context.cpu.op_tuning.threads_num(threads)
+        except RuntimeError as exc:  # it can be set once per process
+            raise ToolkitError(f"cannot set MindSpore's thread count: {first_line(exc)}") from None
+    try:
+        cell = ms.nn.GraphCell(ms.load(str(artifact)))
+    except Exception as exc:  # MindSpore raises RuntimeError/ValueError with long text
+        raise ToolkitError(f"corrupt or unreadable MindIR artifact: {artifact} ({first_line(exc)})") from None
+
+    def run(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        try:
+            return cell(ms.Tensor(x), ms.Tensor(t)).asnumpy()
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ToolkitError(f"MindIR artifact {artifact} rejected inputs of shape {x.shape} "
+                               f"(does it match its manifest?): {first_line(exc)}") from None
+
+    return run
+
+
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(int64)": "int64",
+                "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def _onnx_spec(arg: Any) -> TensorSpec:
+    return TensorSpec(arg.name, _ONNX_DTYPES.get(arg.type, arg.type), list(arg.shape))
+
+
+def check_signature(artifact: Path, manifest: Manifest, inputs: List[TensorSpec], outputs: List[TensorSpec]) -> None:
+    """The model's own inputs and outputs must be the manifest's: names, dtypes and shapes."""
+    if len(inputs) != len(manifest.inputs) or len(outputs) != len(manifest.outputs):
+        raise ToolkitError(f"{artifact} does not match its manifest: {len(inputs)} inputs and {len(outputs)} "
+                           f"outputs, the manifest says {len(manifest.inputs)} and {len(manifest.outputs)}")
+    for want, got in zip(manifest.inputs + manifest.outputs, inputs + outputs):
+        if want.name != got.name or want.dtype != got.dtype or not _shapes_match(want.shape, got.shape):
+            raise ToolkitError(f"{artifact} does not match its manifest: the model has {got.name} {got.dtype} "
+                               f"{got.shape}, the manifest says {want.name} {want.dtype} {want.shape}")
+
+
+def _shapes_match(want: List[Any], got: List[Any]) -> bool:
+    """An axis the manifest fixes must be that size (or free) in the model; a symbolic one must be free."""
+    return len(want) == len(got) and all(not isinstance(g, int) or g == w for w, g in zip(want, got))
+
+
+def _check_positive(**values: Optional[int]) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ToolkitError(f"--{name} must be >= 1, got {value}")
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

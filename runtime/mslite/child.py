@@ -1,0 +1,70 @@
+"""Run the `mslite` backend in a child process, for callers that have imported MindSpore (which cannot
+share a process with Lite): the exporter's numeric gate and the test-suite.
+
+    predict_in_child("unet.mindir", [(x, t), ...]) -> [eps, ...]
+
+Inputs and outputs travel as .npz files in a private temporary directory; the model is loaded once
+for all cases. A child that fails or crashes becomes a one-line ToolkitError.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ToolkitError
+from .convert import signal_name
+
+
+def predict_in_child(model_path: str | os.PathLike, cases: Sequence[Tuple[np.ndarray, np.ndarray]],
+                     threads: Optional[int] = None, timeout: float = 600) -> List[np.ndarray]:
+    """eps for each (x, t) case, computed by MsliteBackend(model_path, threads) in a fresh process."""
+    with tempfile.TemporaryDirectory(prefix="mslite-child.") as work:
+        inputs, outputs = Path(work) / "inputs.npz", Path(work) / "outputs.npz"
+        np.savez(inputs, **{f"x{i}": x for i, (x, _) in enumerate(cases)},
+                 **{f"t{i}": t for i, (_, t) in enumerate(cases)})
+        command = [sys.executable, "-m", "runtime.mslite.child", str(model_path), str(inputs), str(outputs),
+                   str(threads or 0)]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                    env={**os.environ, "GLOG_v": os.environ.get("GLOG_v", "3")})
+        except subprocess.TimeoutExpired:
+            raise ToolkitError(f"the MindSpore Lite child process did not finish within {timeout:.0f} s") from None
+        if result.returncode != 0:
+            raise ToolkitError(_failure(result))
+        with np.load(outputs) as data:
+            return [data[f"eps{i}"] for i in range(len(cases))]
+
+
+def _failure(result: subprocess.CompletedProcess) -> str:
+    if result.returncode < 0:
+        return f"the MindSpore Lite child process crashed ({signal_name(-result.returncode)})"
+    errors = [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
+    tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    return errors[0] if errors else f"the MindSpore Lite child process failed (exit {result.returncode}): {tail}"
+
+
+def main(argv: List[str]) -> None:
+    """Child side: MODEL INPUTS.npz OUTPUTS.npz THREADS."""
+    from .backend import MsliteBackend
+
+    model, inputs, outputs, threads = argv
+    try:
+        backend = MsliteBackend(model, threads=int(threads) or None)
+        with np.load(inputs) as data:
+            count = len(data.files) // 2
+            eps = {f"eps{i}": backend(data[f"x{i}"], data[f"t{i}"]) for i in range(count)}
+        np.savez(outputs, **eps)
+    except ToolkitError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        os._exit(exc.exit_code)
+    os._exit(0)  # results are written; skip Lite's exit-time destructors (one has crashed at exit)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
