@@ -27,6 +27,10 @@ from export import commands as export_commands  # noqa: E402  (light: MindSpore 
 app.command("export")(export_commands.export)
 app.command("verify")(export_commands.verify)
 
+from bench import commands as bench_commands  # noqa: E402  (light: heavy imports inside the commands)
+
+app.command("bench")(bench_commands.bench)
+
 
 @app.command()
 def sample(

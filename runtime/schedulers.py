@@ -17,7 +17,9 @@ Spacing of the S timesteps (`SPACINGS`): `linspace` rounds S evenly spaced point
 `leading` takes 0, k, 2k, ... with k = T // S (DDIM paper, diffusers' default); `trailing` takes
 T-1, T-1-T/S, ... (Lin et al. 2024, "Common diffusion noise schedules and sample steps are
 flawed"). The default is `trailing`: it always starts at the last trained timestep, matching x_T ~
-N(0, I), which `leading` does not. At S = T all three give T-1 ... 0.
+N(0, I), which `leading` does not. At S = T all three give T-1 ... 0. DPM-Solver++ in particular
+wants `trailing`: `linspace` and `leading` end on t = 0, so the step before is long in log-SNR and
+the 2M extrapolation from it overshoots (on a Gaussian toy at 20 steps, std 0.62 for a true 0.5).
 
 `clip_x0=True` clips the predicted x0 to [-1, 1] and re-derives eps from it, so every scheduler
 stays consistent with the clipped prediction. Arrays stay float32; coefficients are computed in

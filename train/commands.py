@@ -116,7 +116,6 @@ def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Option
     for path in (out, gif, npz):
         if path is not None:
             check_output_dir(path)
-    import mindspore as ms
     from tqdm import tqdm
 
     from runtime.schedules import ScheduleTables
@@ -125,7 +124,6 @@ def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Option
     from .diffusion import draw_sampling_noise, reference_sample
 
     net, loaded = load_model(checkpoint)
-    ms.set_context(mode=ms.GRAPH_MODE)
     model = loaded.config.model
     tables = ScheduleTables.from_name(loaded.config.diffusion.schedule, loaded.config.diffusion.timesteps)
     x_T, step_noise = draw_sampling_noise(np.random.default_rng(seed), (n, model.channels, model.image_size, model.image_size),

@@ -60,6 +60,7 @@ def reference_sample(model: nn.Cell, tables: ScheduleTables, x_T: np.ndarray, st
     if len(step_noise) != T - 1:
         raise ValueError(f"need {T - 1} step noises, got {len(step_noise)}")
     coefficient = lambda table, t: Tensor(np.float32(table[t]))  # noqa: E731 - a scalar per step
+    model = ms.jit(model)  # compiled once for the loop's fixed shape: several times PyNative's speed
     x = Tensor(np.asarray(x_T, np.float32))
     batch = x.shape[0]
     for t in reversed(range(T)):
