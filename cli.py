@@ -30,10 +30,16 @@ app.command("verify")(export_commands.verify)
 from bench import commands as bench_commands  # noqa: E402  (light: heavy imports inside the commands)
 
 app.command("bench")(bench_commands.bench)
+app.command("quality")(bench_commands.quality)
+
+
+# `sample` options that only the runtime path (--artifact) uses.
+RUNTIME_ONLY = ("backend", "scheduler", "steps", "eta", "spacing", "clip_x0", "batch", "threads", "provider")
 
 
 @app.command()
 def sample(
+    ctx: typer.Context,
     checkpoint: Optional[Path] = typer.Option(None, help="MindSpore reference path: a .ckpt file or run directory."),
     artifact: Optional[Path] = typer.Option(None, help="Runtime path: an exported model (.onnx/.mindir/.ms) with its manifest."),
     backend: Optional[str] = typer.Option(None, help="Runtime backend: onnxruntime | mindspore | mslite (default: by the artifact's format)."),
@@ -57,6 +63,7 @@ def sample(
     if n < 1:
         raise ToolkitError(f"--n must be >= 1, got {n}")
     if checkpoint is not None:
+        _refuse_runtime_options(ctx)
         train_commands.sample_reference(checkpoint, n=n, seed=seed, out=out, gif=gif, npz=npz)
     else:
         from runtime import commands as runtime_commands
@@ -64,6 +71,15 @@ def sample(
         runtime_commands.sample_artifact(artifact, backend=backend, scheduler=scheduler, steps=steps, eta=eta, n=n,
                                          batch=batch, seed=seed, out=out, gif=gif, npz=npz, threads=threads,
                                          providers=provider, spacing=spacing, clip_x0=clip_x0)
+
+
+def _refuse_runtime_options(ctx: typer.Context) -> None:
+    """The reference path is the tutorial's DDPM on MindSpore: runtime options given with it would be silently ignored."""
+    given = [f"--{name.replace('_', '-')}" for name in RUNTIME_ONLY
+             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")]
+    if given:
+        raise ToolkitError(f"{', '.join(given)}: runtime option(s), for --artifact only; --checkpoint always samples "
+                           "with the tutorial's DDPM on MindSpore")
 
 
 def main() -> None:

@@ -91,7 +91,7 @@ def render_markdown(result: Dict[str, Any]) -> str:
                           "% of peak", "x ort"], rows))
         opened = result.get("open_s", {})
         if opened:
-            out.append("\nSession creation in the worker (s): " + ", ".join(f"{k} {_f(v)}" for k, v in opened.items()) + ".\n")
+            out.append("\nSession creation in the workers (started side by side, so these overlap; see Cold start), s: " + ", ".join(f"{k} {_f(v)}" for k, v in opened.items()) + ".\n")
 
     e2e = result.get("end_to_end", {})
     if e2e.get("runs"):

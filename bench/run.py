@@ -64,7 +64,8 @@ class WorkerFailed(ToolkitError):
 class WorkerProcess:
     """One bench.worker child: ask(op, ...) -> its JSON reply."""
 
-    def __init__(self, label: str, spec: Dict[str, Any], env: Dict[str, str], log_dir: Path, timeout: float = 1800):
+    def __init__(self, label: str, spec: Dict[str, Any], env: Dict[str, str], log_dir: Path, timeout: float = 1800,
+                 wait: bool = True):
         self.label, self.timeout = label, timeout
         self.stderr_path = log_dir / f"worker-{label.replace(' ', '_').replace('/', '_')}.log"
         self._stderr = self.stderr_path.open("w")
@@ -73,7 +74,13 @@ class WorkerProcess:
                                      env={**os.environ, "GLOG_v": "3", **env})
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
+        self.ready: Dict[str, Any] = {}
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> "WorkerProcess":
         self.ready = self._read()["ready"]
+        return self
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
@@ -99,12 +106,18 @@ class WorkerProcess:
         lines = [l for l in self.stderr_path.read_text(errors="replace").splitlines() if l.strip()]
         return lines[-1][:300] if lines else f"exit code {self.proc.poll()}"
 
-    def ask(self, op: str, **kwargs: Any) -> Dict[str, Any]:
+    def send(self, op: str, **kwargs: Any) -> None:
         try:
             self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise WorkerFailed(f"{self.label}: the worker is gone ({self._tail()})") from None
+
+    def receive(self) -> Dict[str, Any]:
+        return self._read()
+
+    def ask(self, op: str, **kwargs: Any) -> Dict[str, Any]:
+        self.send(op, **kwargs)
         return self._read()
 
     def close(self) -> None:
@@ -174,7 +187,8 @@ def load_average() -> Optional[List[float]]:
 class Bench:
     def __init__(self, settings: BenchSettings, log: Log):
         self.s = settings
-        self.log = log
+        self._t0 = time.perf_counter()
+        self.log = lambda line: log(f"[{time.perf_counter() - self._t0:6.1f} s] {line}")
         self.workers: Dict[str, WorkerProcess] = {}
         self.result: Dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v)
                                                     for k, v in asdict(settings).items()},
@@ -195,7 +209,8 @@ class Bench:
             if self.s.explore:
                 from .variants import explore_onnxruntime
 
-                self._close_workers()
+                for label in [label for label in self.workers if label != "peak"]:
+                    self.workers.pop(label).close()
                 self.result["explore"] = explore_onnxruntime(self)
         finally:
             self._close_workers()
@@ -246,11 +261,14 @@ class Bench:
         return specs
 
     def _start_workers(self) -> None:
-        for label, spec, env in self._backend_specs():
-            self.log(f"starting worker: {label} ...")
+        specs = self._backend_specs()
+        self.log(f"starting workers: {', '.join(label for label, _, _ in specs)} ...")
+        starting = {label: WorkerProcess(label, spec, env, self.s.work, wait=False) for label, spec, env in specs}
+        for label, worker in starting.items():  # side by side; cold start is measured on its own below
             try:
-                self.workers[label] = WorkerProcess(label, spec, env, self.s.work)
+                self.workers[label] = worker.wait_ready()
             except WorkerFailed as exc:
+                worker.close()
                 self.result["errors"][f"worker {label}"] = str(exc)
                 self.log(f"  {exc}")
         if "peak" not in self.workers:
@@ -264,13 +282,26 @@ class Bench:
     # -- the rotation
     def rotate(self, workers: Dict[str, WorkerProcess], op: str, args: Dict[str, Any], repeats: int,
                budget_s: float, with_peak: bool = True) -> Dict[str, List[float]]:
-        """Each worker: one warm-up call (untimed unless it is all we can afford), then timed calls one
-        at a time, in turn; a worker whose call takes long gets fewer (at least 2, or its warm-up's)."""
+        """Each worker: an untimed warm-up call (all workers at once), then timed calls one at a time, in
+        turn; a worker whose call takes long gets fewer (at least 2)."""
         times: Dict[str, List[float]] = {label: [] for label in workers}
         quota: Dict[str, int] = {}
-        for label, worker in list(workers.items()):
+        live = dict(workers)
+        for label, worker in list(live.items()):  # warm-up (graph compile, first-shape costs): all at once
             try:
-                first = worker.ask(op, **args, calls=1)["times"]
+                worker.send(op, **args, calls=0)
+            except WorkerFailed as exc:
+                self._drop(label, exc, times)
+                live.pop(label)
+        for label, worker in list(live.items()):
+            try:
+                worker.receive()
+            except WorkerFailed as exc:
+                self._drop(label, exc, times)
+                live.pop(label)
+        for label, worker in live.items():  # one timed call each sets how many calls it can afford
+            try:
+                first = worker.ask(op, **args, calls=1, warmup=False)["times"]
             except WorkerFailed as exc:
                 self._drop(label, exc, times)
                 continue

@@ -42,6 +42,8 @@ def export(
     """
     fmt, batch_size = check_format(fmt), parse_batch(batch)
     _check_thresholds(atol, min_cosine)
+    if not verify and (atol, min_cosine) != (None, None):
+        raise ToolkitError("--atol and --min-cosine are thresholds of the numeric gate, which --no-verify skips")
     if out is not None:
         check_output_dir(out)
     from .pipeline import ExportRequest, GateSettings, export_checkpoint

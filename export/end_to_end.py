@@ -55,7 +55,8 @@ def check_end_to_end(artifact: Path, checkpoint: Path, *, seed: int = 0, images:
                      "--seed", str(seed), "--images", str(images)])
         _run_worker(["runtime.equivalence", str(artifact), str(noise), str(candidate),
                      *(["--backend", backend] if backend else [])])
-        with np.load(reference) as ref, np.load(candidate) as out, np.load(noise) as drawn:
+        with np.load(reference, allow_pickle=False) as ref, np.load(candidate, allow_pickle=False) as out, \
+                np.load(noise, allow_pickle=False) as drawn:
             figures = compare_samples(ref["x0"], out["x0"])
             steps = len(drawn["step_noise"]) + 1
     report = EndToEndReport(**figures, images=images, steps=steps, seed=seed)

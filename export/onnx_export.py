@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from runtime.config import ModelConfig
 from runtime.errors import ToolkitError, VerificationFailed
+from runtime.onnx_external import check_external_data
 
 from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported, first_line
 from .gate import EpsFn
@@ -110,8 +111,9 @@ def load_eps(path: Path) -> EpsFn:
     """An onnxruntime session on the artifact, as `eps(x, t)`; no MindSpore involved."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    check_external_data(path)
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...) derive from Exception
-        raise ToolkitError(f"not a loadable ONNX model: {path} ({first_line(exc, 160)})") from None
+        raise ToolkitError(f"corrupt or unreadable ONNX artifact: {path} ({first_line(exc, 160)})") from None
     return lambda x, t: session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, (x, t))))[0]

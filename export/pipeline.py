@@ -4,6 +4,7 @@ Imports MindSpore (through train.checkpoint): only the `export` and `verify` com
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -60,6 +61,7 @@ def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Pat
         request.gate.thresholds_for(module)  # bad thresholds fail before the slow work
     net, source = _load_source(checkpoint, log)
     out = check_output_dir(request.out or default_output(source.path, module.SUFFIX))
+    check_output_dir(manifest_path_for(out))
     with tempfile.TemporaryDirectory(prefix="ms-ddpm-export.") as scratch:
         # MindSpore's exporters accept only [0-9a-zA-Z@_-.:/] in a path: export to a plain name first.
         artifact = Path(scratch) / f"unet{module.SUFFIX}"
@@ -147,10 +149,17 @@ def _export(module: ModuleType, net: nn.Cell, model: ModelConfig, path: Path, re
 
 
 def _install(artifact: Path, manifest: Manifest, out: Path) -> None:
-    """Copy the artifact to `out` and write its manifest beside it, each atomically, the manifest last."""
-    with atomic_path(manifest_path_for(out)) as tmp_manifest, atomic_path(out) as tmp_artifact:
+    """Copy the artifact to `out` and write its manifest beside it, each atomically.
+
+    The manifest commits the pair: an old one is removed just before the new artifact is renamed into
+    place, and the new one is written last. A crash at any point leaves the old pair, an artifact with no
+    manifest (which every loader refuses), or the new pair; never a new artifact beside an old manifest.
+    """
+    manifest_path = manifest_path_for(out)
+    with atomic_path(out) as tmp_artifact:
         shutil.copyfile(artifact, tmp_artifact)
-        tmp_manifest.write_text(manifest.to_json() + "\n", encoding="utf-8")
+        manifest_path.unlink(missing_ok=True)
+    manifest.save(manifest_path)
 
 
 def _verification(module: ModuleType, artifact: Path, net: nn.Cell, config: Config, request: ExportRequest,
@@ -176,10 +185,12 @@ def _run_gate(module: ModuleType, artifact: Path, net: nn.Cell, config: Config, 
 
 
 def _check_manifest_matches(manifest: Manifest, config: Config) -> None:
-    """The artifact's model and schedule must be the checkpoint's: the eps gate alone cannot see the betas."""
-    ours = manifest.run_config
-    if ours.model != config.model or ours.diffusion != config.diffusion:
-        raise VerificationFailed("the manifest's model/diffusion config differs from the checkpoint's")
-    expected = ScheduleTables.from_name(config.diffusion.schedule, config.diffusion.timesteps).betas.tolist()
-    if manifest.betas != expected:
-        raise VerificationFailed("the manifest's beta schedule differs from the checkpoint config's")
+    """The artifact's model and schedule must be the checkpoint's: the eps gate alone cannot see T or the
+    schedule (the manifest's betas are checked against its own config when it loads). A mismatch means the
+    wrong pair of files was given, so it is a ToolkitError (exit 2), not a failed gate."""
+    differing = []
+    for section in ("model", "diffusion"):
+        mine, theirs = (dataclasses.asdict(getattr(c, section)) for c in (manifest.run_config, config))
+        differing += [f"{section}.{key} ({mine[key]!r} vs {theirs[key]!r})" for key in mine if mine[key] != theirs[key]]
+    if differing:
+        raise ToolkitError(f"the artifact's manifest does not match the checkpoint: {', '.join(differing)}")

@@ -7,7 +7,9 @@ accepts; `Backend` wraps it with the artifact's batch policy (chunk to `batch`, 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +19,7 @@ import numpy as np
 
 from .errors import ToolkitError
 from .manifest import Manifest, TensorSpec
+from .onnx_external import check_external_data
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, t) of one accepted batch -> eps
 
@@ -27,11 +30,13 @@ class BackendSpec:
     factory: str  # "module:function", imported only when this backend is opened
     library: str  # the Python module it needs
     install: str  # how to install that module
+    thread_safe: bool = False  # whether its runner may be called from several threads at once
 
 
 BACKENDS = {
     "onnxruntime": BackendSpec("onnx", "runtime.backends:open_onnxruntime", "onnxruntime",
-                               "pip install onnxruntime (or onnxruntime-gpu for CUDA)"),
+                               "pip install onnxruntime (or onnxruntime-gpu for CUDA)",
+                               thread_safe=True),  # InferenceSession.run is documented as thread-safe
     "mindspore": BackendSpec("mindir", "runtime.backends:open_mindspore", "mindspore", "pip install mindspore==2.10.0"),
     # MindSpore Lite: its own package provides `runtime.mslite.open_mslite`.
     "mslite": BackendSpec("mslite", "runtime.mslite:open_mslite", "mindspore_lite",
@@ -49,13 +54,16 @@ class Backend:
 
     Splits the batch into chunks of `fixed_batch` (an artifact exported for one batch size; the
     last chunk is zero-padded and the padding dropped) or else of `max_batch` (None: all at once).
+    Safe to call from several threads: a runner that is not `thread_safe` is called by one at a time.
     """
 
-    def __init__(self, name: str, run: Runner, fixed_batch: Optional[int] = None, max_batch: Optional[int] = None):
+    def __init__(self, name: str, run: Runner, fixed_batch: Optional[int] = None, max_batch: Optional[int] = None,
+                 thread_safe: bool = False):
         self.name = name
         self.run = run
         self.fixed_batch = fixed_batch
         self.max_batch = max_batch
+        self._one_at_a_time = contextlib.nullcontext() if thread_safe else threading.Lock()
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         size = self.fixed_batch or self.max_batch or len(x)
@@ -68,7 +76,8 @@ class Backend:
         if missing:
             x = np.concatenate([x, np.zeros((missing, *x.shape[1:]), x.dtype)])
             t = np.concatenate([t, np.zeros(missing, t.dtype)])
-        return self.run(x, t)[:count]
+        with self._one_at_a_time:
+            return self.run(x, t)[:count]
 
 
 def open_backend(name: str, artifact: Path, manifest: Manifest, *, batch: Optional[int] = None,
@@ -87,7 +96,7 @@ def open_backend(name: str, artifact: Path, manifest: Manifest, *, batch: Option
     if fixed and batch and batch != fixed:
         raise ToolkitError(f"{artifact} was exported for batch size {fixed}; use --batch {fixed} or leave it out")
     run = _factory(name)(artifact, manifest, threads=threads, providers=providers)
-    return Backend(name, run, fixed_batch=fixed, max_batch=batch)
+    return Backend(name, run, fixed_batch=fixed, max_batch=batch, thread_safe=spec.thread_safe)
 
 
 def _factory(name: str) -> Callable[..., Runner]:
@@ -126,6 +135,7 @@ def open_onnxruntime(artifact: Path, manifest: Manifest, *, threads: Optional[in
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    check_external_data(artifact)
     try:
         session = ort.InferenceSession(str(artifact), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types with multi-line text

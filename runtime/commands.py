@@ -6,8 +6,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .files import check_output_dir
-from .images import save_gif, save_grid, save_npz, to_uint8
+from .images import check_outputs, save_samples, to_uint8
 from .pipeline import Sampler
 from .schedulers import DEFAULT_SPACING
 
@@ -19,9 +18,7 @@ def sample_artifact(artifact: Path, *, backend: Optional[str], scheduler: str, s
     """Sample n images from an exported artifact; write the PNG grid (+ GIF of the denoising, + .npz)."""
     from tqdm import tqdm
 
-    for path in (out, gif, npz):
-        if path is not None:
-            check_output_dir(path)
+    check_outputs(out, gif, npz)
     sampler = Sampler.load(artifact, backend, batch=batch, threads=threads, providers=providers)
     chosen = sampler.scheduler(scheduler, steps, eta=eta, spacing=spacing, clip_x0=clip_x0)
     frames: List[np.ndarray] = []
@@ -32,10 +29,6 @@ def sample_artifact(artifact: Path, *, backend: Optional[str], scheduler: str, s
                 frames.append(to_uint8(x))
 
         images = sampler.sample(n, chosen, seed=seed, callback=on_step)
-    written = [save_grid(out, images)]
-    if gif is not None:
-        written.append(save_gif(gif, frames))
-    if npz is not None:
-        written.append(save_npz(npz, images))
+    written = save_samples(out, images, gif, frames, npz)
     print(f"{n} images ({scheduler}, {len(chosen.timesteps)} steps, {sampler.backend.name}) -> "
           + ", ".join(map(str, written)))

@@ -85,6 +85,10 @@ class TrainConfig:
             raise ToolkitError("learning rates must be positive")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ToolkitError(f"EMA decay must be in (0, 1), got {self.ema_decay}")
+        if min(self.checkpoint_every, self.log_every) < 1 or self.sample_every < 0:
+            raise ToolkitError("checkpoint and log intervals must be >= 1 and the sample interval >= 0")
+        if not self.grad_clip > 0:
+            raise ToolkitError(f"the gradient clipping norm must be positive, got {self.grad_clip}")
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,17 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ToolkitError(f"config is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "config"))
+
+
+def parse_json(text: str, what: str) -> Any:
+    """`json.loads`, with every failure (nesting too deep included) a one-line ToolkitError about `what`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ToolkitError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ToolkitError(f"{what} is not valid JSON (nested too deeply)") from None
 
 
 def _section(kind: type, values: Any, name: str) -> Any:

@@ -1,26 +1,35 @@
-"""Crash-safe file writing: write to a temporary name in the target directory, then rename."""
+"""Crash-safe file writing: write to a temporary name in the target directory, then rename.
+
+A temporary is named `.<target>.<pid>.<random>.tmp[suffix]`. One left behind by a killed writer is
+removed by the next write of the same target (its writer's pid no longer runs).
+"""
 from __future__ import annotations
 
+import collections
 import contextlib
+import glob
 import hashlib
 import os
+import re
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 from .errors import ToolkitError
 
+# Test-only crash point (tests/test_interrupted.py): "NAME:N" makes the N-th finished temporary of a file
+# called NAME, in this process, say so on stderr and wait to be killed instead of being renamed.
+HOLD_BEFORE_RENAME = "MS_DDPM_TEST_HOLD_BEFORE_RENAME"
+_finished = collections.Counter()
+
 
 def check_output_dir(path: str | os.PathLike) -> Path:
-    """Fail early, with a clear message, when `path` cannot be written."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ToolkitError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ToolkitError(f"output directory is not writable: {parent}")
-    if path.is_dir():
-        raise ToolkitError(f"output path is a directory: {path}")
+    """Fail early, with a clear message, when `path` cannot be written: its directory is tried for real,
+    since permission bits say nothing to root and nothing about read-only or virtual file systems."""
+    path = _check_target(path)
+    _create_temporary(path).unlink()
     return path
 
 
@@ -31,16 +40,45 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     A crash or an exception leaves either the old file or no file, never a torn one.
     `suffix` keeps the extension on the temporary name for writers that insist on one.
     """
-    final = check_output_dir(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    final = _check_target(path)
+    _remove_stale_temporaries(final)
+    tmp = _create_temporary(final, suffix)
     try:
         yield tmp
-        _make_durable(tmp)
-        os.replace(tmp, final)
+        _commit(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _check_target(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    parent = path.parent
+    if not parent.exists():
+        raise ToolkitError(f"output directory does not exist: {parent}")
+    if not parent.is_dir():
+        raise ToolkitError(f"output directory is not a directory: {parent}")
+    if path.is_dir():
+        raise ToolkitError(f"output path is a directory: {path}")
+    return path
+
+
+def _create_temporary(final: Path, suffix: str = "") -> Path:
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=final.parent)
+    except OSError as exc:
+        raise ToolkitError(f"output directory is not writable: {final.parent} ({exc.strerror})") from None
+    os.close(fd)
+    return Path(name)
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Make the finished temporary durable, then rename it onto `final`."""
+    try:
+        _make_durable(tmp)
+        _hold_if_asked(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise ToolkitError(f"cannot write {final}: {exc.strerror or exc}") from None
 
 
 def _make_durable(path: Path) -> None:
@@ -53,6 +91,35 @@ def _make_durable(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """Delete the temporaries of `final` whose writers were killed (mkstemp's random part is 8 of [a-z0-9_])."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
+    for candidate in final.parent.glob(f".{glob.escape(final.name)}.*.tmp*"):
+        match = pattern.match(candidate.name)
+        if match and not _running(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as someone else's
+        pass
+    return True
+
+
+def _hold_if_asked(final: Path) -> None:
+    name, _, count = os.environ.get(HOLD_BEFORE_RENAME, "").rpartition(":")
+    if final.name != name:
+        return
+    _finished[name] += 1
+    if _finished[name] == int(count):
+        print(f"{HOLD_BEFORE_RENAME}: holding {final}", file=sys.stderr, flush=True)
+        time.sleep(3600)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ToolkitError
-from .files import atomic_path
+from .files import atomic_path, check_output_dir
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -35,18 +35,20 @@ def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> n
     return grid
 
 
-def _pil(array: np.ndarray, scale: int) -> Image.Image:
+def _pil(array: np.ndarray, scale: int | None, image_size: int) -> Image.Image:
+    """A mosaic as a PIL image, enlarged (nearest) so that small images stay visible: 8x8 digits x6."""
+    scale = scale if scale is not None else max(1, 48 // image_size)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
 
 
-def save_grid(path: str | Path, images: np.ndarray, scale: int = 2, columns: int | None = None) -> Path:
+def save_grid(path: str | Path, images: np.ndarray, scale: int | None = None, columns: int | None = None) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
-        _pil(make_grid(images, columns), scale).save(tmp, format="PNG")
+        _pil(make_grid(images, columns), scale, images.shape[1]).save(tmp, format="PNG")
     return Path(path)
 
 
-def save_gif(path: str | Path, frames: Sequence[np.ndarray], scale: int = 2, duration_ms: int = 40,
+def save_gif(path: str | Path, frames: Sequence[np.ndarray], scale: int | None = None, duration_ms: int = 40,
              max_frames: int = 100) -> Path:
     """Each frame is an (N, H, W, C) uint8 batch shown as a grid; the last frame is held longer."""
     if not frames:
@@ -55,7 +57,7 @@ def save_gif(path: str | Path, frames: Sequence[np.ndarray], scale: int = 2, dur
     chosen = list(frames[::stride])
     if chosen[-1] is not frames[-1]:
         chosen.append(frames[-1])
-    pictures = [_pil(make_grid(frame), scale) for frame in chosen]
+    pictures = [_pil(make_grid(frame), scale, frame.shape[1]) for frame in chosen]
     durations = [duration_ms] * (len(pictures) - 1) + [1500]
     with atomic_path(path, suffix=".gif") as tmp:
         pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
@@ -68,3 +70,21 @@ def save_npz(path: str | Path, images: np.ndarray) -> Path:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, images=images)
     return Path(path)
+
+
+def check_outputs(*paths: Path | None) -> None:
+    """Fail before any slow work if an output cannot be written (None entries are skipped)."""
+    for path in paths:
+        if path is not None:
+            check_output_dir(path)
+
+
+def save_samples(out: Path, images: np.ndarray, gif: Path | None = None, frames: Sequence[np.ndarray] = (),
+                 npz: Path | None = None) -> list[Path]:
+    """Write the PNG grid, plus the denoising GIF and the .npz when asked; return the paths written."""
+    written = [save_grid(out, images)]
+    if gif is not None:
+        written.append(save_gif(gif, frames))
+    if npz is not None:
+        written.append(save_npz(npz, images))
+    return written

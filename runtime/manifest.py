@@ -6,19 +6,31 @@ It is plain JSON, validated field by field (the runtime never unpickles anything
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .config import Config
+from .config import Config, parse_json
 from .errors import ToolkitError
 from .files import write_text_atomic
-from .schedules import ScheduleTables
+from .schedules import ScheduleTables, beta_schedule
 
 FORMAT_VERSION = 1
 FORMATS = ("onnx", "mindir", "mslite")
+TENSOR_DTYPES = ("float32", "float16", "float64", "int32", "int64")
+# The schema: each field's JSON type(s); each field's own rules are in from_dict, _tensor_spec and _validate.
+FIELD_TYPES: Dict[str, Tuple[type, ...]] = {
+    "format": (str,), "artifact": (str,), "artifact_sha256": (str,), "config": (dict,), "betas": (list,),
+    "inputs": (list,), "outputs": (list,), "batch": (dict,), "opset": (int, type(None)),
+    "source_checkpoint_sha256": (str,), "package_version": (str,), "verification": (dict,), "format_version": (int,),
+    "extra": (dict,),
+}
+OPTIONAL_FIELDS = {"extra"}
+_JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", type(None): "null"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -78,38 +90,43 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "manifest") -> "Manifest":
+        """Check `data` against the schema (FIELD_TYPES, then each field's own rules); build the manifest."""
         if not isinstance(data, dict):
             raise ToolkitError(f"{source}: manifest must be a JSON object")
-        required = {"format", "artifact", "artifact_sha256", "config", "betas", "inputs", "outputs", "batch",
-                    "opset", "source_checkpoint_sha256", "package_version", "verification", "format_version"}
-        missing = sorted(required - set(data))
+        missing = sorted(set(FIELD_TYPES) - OPTIONAL_FIELDS - set(data))
         if missing:
             raise ToolkitError(f"{source}: manifest is missing {', '.join(missing)}")
-        unknown = sorted(set(data) - required - {"extra"})
+        unknown = sorted(set(data) - set(FIELD_TYPES))
         if unknown:
             raise ToolkitError(f"{source}: manifest has unknown field(s) {', '.join(unknown)}")
+        for name, value in data.items():
+            _expect(value, FIELD_TYPES[name], f"{source}: manifest field {name!r}")
         if data["format_version"] != FORMAT_VERSION:
             raise ToolkitError(f"{source}: manifest format version {data['format_version']!r} is not supported "
                                f"(this runtime reads version {FORMAT_VERSION})")
         if data["format"] not in FORMATS:
             raise ToolkitError(f"{source}: unknown artifact format {data['format']!r}")
-        try:
-            manifest = cls(**{**data,
-                              "inputs": [TensorSpec(**spec) for spec in data["inputs"]],
-                              "outputs": [TensorSpec(**spec) for spec in data["outputs"]]})
-        except TypeError as exc:
-            raise ToolkitError(f"{source}: malformed manifest ({exc})") from None
+        manifest = cls(**{**data, "inputs": [_tensor_spec(spec, f"{source}: inputs") for spec in data["inputs"]],
+                          "outputs": [_tensor_spec(spec, f"{source}: outputs") for spec in data["outputs"]]})
         manifest._validate(source)
         return manifest
 
     def _validate(self, source: str) -> None:
+        """The rules that tie fields together: config, schedule, batch policy and tensor shapes."""
         config = Config.from_dict(self.config)  # raises ToolkitError on a bad config
-        if not isinstance(self.betas, list) or not all(isinstance(b, (int, float)) for b in self.betas):
-            raise ToolkitError(f"{source}: betas must be a list of numbers")
-        self.tables()  # checks the betas' range
-        if len(self.betas) != config.diffusion.timesteps:
-            raise ToolkitError(f"{source}: {len(self.betas)} betas but config says T={config.diffusion.timesteps}")
-        policy = self.batch.get("policy") if isinstance(self.batch, dict) else None
+        if Path(self.artifact).name != self.artifact or self.artifact in ("", ".", ".."):
+            raise ToolkitError(f"{source}: artifact must be a file name beside the manifest, got {self.artifact!r}")
+        for name in ("artifact_sha256", "source_checkpoint_sha256"):
+            if not _SHA256.fullmatch(getattr(self, name)):
+                raise ToolkitError(f"{source}: {name} must be 64 lowercase hex digits")
+        if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in self.betas):
+            raise ToolkitError(f"{source}: betas must be numbers in (0, 1)")
+        diffusion = config.diffusion
+        if len(self.betas) != diffusion.timesteps:
+            raise ToolkitError(f"{source}: {len(self.betas)} betas but config says T={diffusion.timesteps}")
+        if not np.allclose(self.betas, beta_schedule(diffusion.schedule, diffusion.timesteps), rtol=1e-9, atol=0):
+            raise ToolkitError(f"{source}: betas are not the {diffusion.schedule} schedule of the config (T={diffusion.timesteps})")
+        policy = self.batch.get("policy")
         if policy not in ("dynamic", "fixed") or (policy == "fixed" and not _positive_int(self.batch.get("size"))):
             raise ToolkitError(f"{source}: batch must be {{'policy': 'dynamic'}} or {{'policy': 'fixed', 'size': N}}")
         if len(self.inputs) != 2 or len(self.outputs) != 1:
@@ -128,11 +145,7 @@ class Manifest:
             raise ToolkitError(f"manifest not found: {path}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ToolkitError(f"cannot read manifest {path}: {exc}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ToolkitError(f"manifest is not valid JSON: {path} ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(parse_json(text, f"manifest {path}"), source=str(path))
 
 
 def manifest_path_for(artifact: str | Path) -> Path:
@@ -143,3 +156,23 @@ def manifest_path_for(artifact: str | Path) -> Path:
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _expect(value: Any, kinds: Tuple[type, ...], where: str) -> None:
+    """A JSON value of one of `kinds` (true/false never count as numbers)."""
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(_JSON_NAMES[kind] for kind in kinds)
+        raise ToolkitError(f"{where} must be {names}, got {json.dumps(value)[:40]}")
+
+
+def _tensor_spec(value: Any, where: str) -> TensorSpec:
+    """One {"name", "dtype", "shape"} entry: a name, a known dtype, and axes that are sizes or symbolic names."""
+    if not isinstance(value, dict) or set(value) != {"name", "dtype", "shape"}:
+        raise ToolkitError(f"{where} must be objects with exactly name, dtype and shape, got {json.dumps(value)[:40]}")
+    _expect(value["name"], (str,), f"{where}: name")
+    if value["dtype"] not in TENSOR_DTYPES:
+        raise ToolkitError(f"{where}: dtype must be one of {', '.join(TENSOR_DTYPES)}, got {json.dumps(value['dtype'])[:40]}")
+    _expect(value["shape"], (list,), f"{where}: shape")
+    if not all(_positive_int(axis) or (isinstance(axis, str) and axis) for axis in value["shape"]):
+        raise ToolkitError(f"{where}: shape axes must be positive sizes or names, got {json.dumps(value['shape'])[:40]}")
+    return TensorSpec(**value)

@@ -88,6 +88,7 @@ class Sampler:
         x = np.asarray(x_T, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != self.image_shape:
             raise ValueError(f"x_T must have shape (n, {', '.join(map(str, self.image_shape))}), got {x.shape}")
+        scheduler = scheduler.start()  # this run's own copy: nothing carries over from, or into, other runs
         noise = iter(step_noise)
         for index, t in enumerate(scheduler.timesteps):
             eps = self.backend(x, np.full(len(x), t, dtype=self.t_dtype))

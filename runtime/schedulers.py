@@ -27,6 +27,7 @@ float64 and applied as Python floats.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Dict, Optional, Tuple
 
@@ -70,6 +71,16 @@ class Scheduler:
         self.timesteps = spaced_timesteps(self.tables.timesteps, steps, self.spacing)
         self._index = {int(t): i for i, t in enumerate(self.timesteps)}
         return self
+
+    def start(self) -> "Scheduler":
+        """A copy for one sampling run, its step-to-step state cleared: runs never share state, so one
+        Scheduler can serve many runs, one after another or at once from several threads."""
+        run = copy.copy(self)
+        run.reset()
+        return run
+
+    def reset(self) -> None:
+        """Forget what a run carries from step to step (nothing, except in multistep schedulers)."""
 
     @property
     def noise_steps(self) -> int:
@@ -146,13 +157,16 @@ class DPMSolverPlusPlusScheduler(Scheduler):
 
     First order: x_prev = (sigma_prev / sigma_t) x - alpha_prev (e^{-h} - 1) x0, with h = lambda_prev - lambda_t.
     Second order: x0 is replaced by D = (1 + 1/(2r)) x0 - 1/(2r) x0_last, r = h_last / h. It keeps the
-    last x0 between calls, so steps must come in order; `set_timesteps` resets it.
+    last x0 between calls, so steps must come in order; `set_timesteps` and `start` reset it.
     """
 
     def set_timesteps(self, steps: int) -> "DPMSolverPlusPlusScheduler":
         super().set_timesteps(steps)
-        self._last: Optional[Tuple[np.ndarray, float]] = None  # (x0, lambda) of the previous step
+        self.reset()
         return self
+
+    def reset(self) -> None:
+        self._last: Optional[Tuple[np.ndarray, float]] = None  # (x0, lambda) of the previous step
 
     def step(self, eps: np.ndarray, t: int, x: np.ndarray, noise: Optional[np.ndarray] = None) -> np.ndarray:
         abar, abar_prev = self._abar(t)

@@ -88,7 +88,7 @@ def _pair_with(artifact_bytes: bytes, exported_pair: Path, directory: Path) -> P
 def test_verify_rejects_a_truncated_or_non_onnx_file(exported_pair, tiny_checkpoint, tmp_path, damage):
     data = exported_pair.read_bytes()
     artifact = _pair_with(data[: len(data) // 2] if damage == "truncated" else b"hello, world\n", exported_pair, tmp_path)
-    assert_clean_error(run_cli("verify", artifact, "--checkpoint", tiny_checkpoint), "not a loadable ONNX model")
+    assert_clean_error(run_cli("verify", artifact, "--checkpoint", tiny_checkpoint), "corrupt or unreadable ONNX artifact")
 
 
 def test_verify_rejects_an_artifact_without_its_manifest(exported_pair, tiny_checkpoint, tmp_path):

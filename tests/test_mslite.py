@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import ToolkitError
-from tests.conftest import REPO, assert_clean_error, tiny_config
+from conftest import REPO, assert_clean_error, tiny_config
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or platform.machine() != "x86_64",

@@ -11,7 +11,8 @@ from conftest import run_cli
 def test_training_on_digits_clearly_reduces_the_loss(tmp_path):
     run = tmp_path / "run"
     result = run_cli("train", "--out", run, "--image-size", "8", "--dim", "8", "--dim-mults", "1,2",
-                     "--steps", "300", "--batch-size", "32", "--lr", "2e-3", "--checkpoint-every", "100", "--no-progress")
+                     "--steps", "300", "--batch-size", "32", "--lr", "2e-3", "--checkpoint-every", "100", "--log-every", "5",
+                     "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
     losses = [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
     first, last = np.mean(losses[:10]), np.mean(losses[-30:])

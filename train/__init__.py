@@ -4,6 +4,9 @@ Importing this package applies the CPU dispatch fix *before* MindSpore loads: on
 MindSpore's oneDNN picks a reference kernel for NCHW 3x3 convolutions (about 0.7 GFLOP/s);
 capping oneDNN at AVX2 makes it pick `gemm:jit`, about 10x faster. A user-set
 ONEDNN_MAX_CPU_ISA is always respected.
+
+It also sets GLOG_v=3 (errors only) unless the user set it: MindSpore's default level prints
+deprecation warnings about its own internals on every import.
 """
 import os
 import platform
@@ -21,3 +24,4 @@ def _apply_cpu_dispatch() -> str:
 
 
 CPU_DISPATCH_NOTE = _apply_cpu_dispatch()
+os.environ.setdefault("GLOG_v", "3")

@@ -73,6 +73,8 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
         raise ToolkitError(f"no {LATEST} in checkpoint directory: {path}")
     if not path.is_file():
         raise ToolkitError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ToolkitError(f"checkpoint is an empty file: {path}")
     return path
 
 
@@ -96,9 +98,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         optimizer_state={k[len(OPT_PREFIX):]: v for k, v in arrays.items() if k.startswith(OPT_PREFIX)},
         path=path,
     )
-    for name, value in checkpoint.inference_weights().items():
-        if not np.all(np.isfinite(value)):
-            raise ToolkitError(f"checkpoint weight {name} contains NaN or Inf: {path}")
+    for name, value in arrays.items():  # weights, EMA and optimizer state: resuming uses all of them
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise ToolkitError(f"checkpoint tensor {name} contains NaN or Inf: {path}")
     return checkpoint
 
 

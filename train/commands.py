@@ -15,7 +15,7 @@ import typer
 from runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
 from runtime.errors import ToolkitError
 from runtime.files import check_output_dir
-from runtime.images import save_gif, save_grid, save_npz, to_uint8
+from runtime.images import check_outputs, save_grid, save_samples, to_uint8
 
 from .launch import launch_workers, msrun_worker_count
 
@@ -53,12 +53,15 @@ def train(
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (default 2000). With --resume, raise it to train longer."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 16, the tutorial's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate of the cosine decay (default 1e-3)."),
+    hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips (default on, as in the "
+                                                                          "tutorial; turn off for digits and text)."),
     ema: Optional[float] = typer.Option(None, help="Keep an EMA of the weights with this decay (e.g. 0.995); used for sampling/export."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip gradients to this global norm (default 1.0)."),
     loss_scale: Optional[bool] = typer.Option(None, "--loss-scale/--no-loss-scale", help="Use the tutorial's DynamicLossScaler (default off in fp32)."),
     seed: Optional[int] = typer.Option(None, help="Seed for init, batches, t and noise (default 0)."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Write checkpoints/latest.ckpt every N steps (default 500)."),
     sample_every: Optional[int] = typer.Option(None, help="Write a sample grid every N steps (default 0: only at the end)."),
+    log_every: Optional[int] = typer.Option(None, help="Append the loss to train_log.jsonl every N steps (default 50)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (its config is reused)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     workers: Optional[int] = typer.Option(None, help="Train data-parallel on N workers on this machine, launched with "
@@ -73,17 +76,19 @@ def train(
     overrides = {
         "model": dict(image_size=image_size, channels=channels, dim=dim, dim_mults=_parse_mults(dim_mults)),
         "diffusion": dict(schedule=schedule, timesteps=timesteps, loss=loss),
-        "train": dict(data=data, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema, grad_clip=grad_clip,
-                      loss_scale=loss_scale, seed=seed, checkpoint_every=checkpoint_every, sample_every=sample_every),
+        "train": dict(data=data, steps=steps, batch_size=batch_size, lr=lr, hflip=hflip, ema_decay=ema, grad_clip=grad_clip,
+                      loss_scale=loss_scale, seed=seed, checkpoint_every=checkpoint_every, sample_every=sample_every,
+                      log_every=log_every),
     }
     config = _resume_config(out, overrides) if resume else _new_run_config(out, overrides)
     if workers is not None:
         return launch_workers(workers, master_port, out, config.train.batch_size, sys.argv)
     from .data import load_images, to_model_range
+
+    images = load_images(config.train.data, config.model.image_size, config.model.channels)  # before MindSpore loads
     from .distributed import DistributedContext, join_msrun_cluster
     from .trainer import train as run_training
 
-    images = load_images(config.train.data, config.model.image_size, config.model.channels)
     context = join_msrun_cluster(config.train.batch_size) if distributed else DistributedContext()
     result = run_training(config, to_model_range(images), out, resume=resume, show_progress=progress, context=context)
     if context.is_main:
@@ -94,8 +99,7 @@ def train(
 def _new_run_config(out: Path, overrides: Dict[str, Dict[str, Any]]) -> Config:
     if (out / "checkpoints" / "latest.ckpt").exists():
         raise ToolkitError(f"run directory already holds a checkpoint: {out} (use --resume, or another --out)")
-    check_output_dir(out / "config.json") if out.exists() else check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out / "config.json") if out.exists() else check_output_dir(out)  # created once training starts
     return _with_overrides(Config(ModelConfig(), DiffusionConfig(), TrainConfig()), overrides)
 
 
@@ -112,10 +116,8 @@ def _resume_config(out: Path, overrides: Dict[str, Dict[str, Any]]) -> Config:
 
 
 def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Optional[Path], npz: Optional[Path]) -> None:
-    """The tutorial's ancestral DDPM sampler in MindSpore (graph mode), from a checkpoint."""
-    for path in (out, gif, npz):
-        if path is not None:
-            check_output_dir(path)
+    """The tutorial's ancestral DDPM sampler in MindSpore (compiled), from a checkpoint."""
+    check_outputs(out, gif, npz)
     from tqdm import tqdm
 
     from runtime.schedules import ScheduleTables
@@ -133,15 +135,10 @@ def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Option
         def on_step(t: int, x: np.ndarray) -> None:
             bar.update(1)
             if gif is not None:
-                frames.append(to_uint8(np.clip(x, -1, 1)))
+                frames.append(to_uint8(x))
 
         images = to_uint8(reference_sample(net, tables, x_T, step_noise, on_step=on_step))
-    save_grid(out, images)
-    written = [out]
-    if gif is not None:
-        written.append(save_gif(gif, frames))
-    if npz is not None:
-        written.append(save_npz(npz, images))
+    written = save_samples(out, images, gif, frames, npz)
     typer.echo(f"wrote {', '.join(map(str, written))} ({n} images, step {loaded.step} of {loaded.path})")
 
 
@@ -175,7 +172,7 @@ def noise(
         raise ToolkitError(f"cannot read image {image}: {exc}") from None
     x0 = np.repeat(to_model_range(array[None]), len(steps), axis=0)
     noised = _q_sample(x0, np.asarray(steps, np.int32), schedule, timesteps, seed)
-    save_grid(out, to_uint8(np.clip(noised, -1, 1)), scale=1, columns=len(steps))
+    save_grid(out, to_uint8(noised), scale=1, columns=len(steps))
     typer.echo(f"wrote {out} (t = {', '.join(map(str, steps))})")
 
 

@@ -6,11 +6,13 @@ Every reader fails with a one-line ToolkitError that names the file.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from runtime.errors import ToolkitError
 
@@ -31,7 +33,7 @@ def parse_idx(data: bytes, source: str = "IDX data") -> np.ndarray:
     if len(data) < header:
         raise ToolkitError(f"truncated IDX header: {source}")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: numpy's int64 product can wrap around to a small number
     if len(data) - header != expected:
         raise ToolkitError(f"IDX body has {len(data) - header} bytes but its header {list(dims)} needs {expected}"
                            f" (truncated or corrupt): {source}")
@@ -44,7 +46,7 @@ def read_idx(path: Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; zlib.error: a broken stream
         raise ToolkitError(f"cannot read IDX file {path}: {exc}") from None
     return parse_idx(raw, str(path))
 
@@ -70,7 +72,7 @@ def _load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
             if channels == 1 and not grey:
                 raise ToolkitError(f"colour image {path} for a 1-channel model (use --channels 3, or convert the folder to grey)")
             image = image.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL: unidentified/truncated (OSError), bad sizes
         raise ToolkitError(f"cannot read image {path}: {exc}") from None
     return resize_and_crop(image, image_size).reshape(image_size, image_size, channels)
 
@@ -135,7 +137,7 @@ def _fit(images: np.ndarray, image_size: int, channels: int, source: str) -> np.
     """Bring (N, H, W[, C]) uint8 arrays to the model's size and channel count."""
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4 or len(images) == 0:
+    if images.ndim != 4 or 0 in images.shape[:3]:
         raise ToolkitError(f"expected a non-empty stack of images, got shape {images.shape}: {source}")
     if images.shape[-1] not in (1, 3):
         raise ToolkitError(f"images must have 1 or 3 channels, got {images.shape[-1]}: {source}")

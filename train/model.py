@@ -131,20 +131,29 @@ def _split_heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     return q, k, v
 
 
-class Attention(nn.Cell):
-    """Softmax multi-head self-attention over pixels (the U-Net's middle)."""
+class _HeadsAttention(nn.Cell):
+    """What both attentions share: the bias-free 1x1 q/k/v projection, split into heads."""
 
-    def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
+    def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
         self.scale = dim_head**-0.5
         self.heads = heads
-        hidden_dim = dim_head * heads
-        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, pad_mode="valid", has_bias=False)
-        self.to_out = PointwiseProjection(hidden_dim, dim)
+        self.to_qkv = nn.Conv2d(dim, dim_head * heads * 3, 1, pad_mode="valid", has_bias=False)
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _split_heads(self.to_qkv(x), self.heads)
+
+
+class Attention(_HeadsAttention):
+    """Softmax multi-head self-attention over pixels (the U-Net's middle)."""
+
+    def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
+        super().__init__(dim, heads, dim_head)
+        self.to_out = PointwiseProjection(dim_head * heads, dim)
 
     def construct(self, x: Tensor) -> Tensor:
         _, c, h, w = x.shape
-        q, k, v = _split_heads(self.to_qkv(x), self.heads)
+        q, k, v = self.qkv(x)
         sim = ops.BatchMatMul(transpose_a=True)(q * self.scale, k)  # b h i j
         attn = ops.softmax(sim, axis=-1)
         out = ops.BatchMatMul(transpose_b=True)(v, attn)  # b h d i
@@ -152,20 +161,16 @@ class Attention(nn.Cell):
         return self.to_out(out).reshape((-1, c, h, w))
 
 
-class LinearAttention(nn.Cell):
+class LinearAttention(_HeadsAttention):
     """Linear attention (Shen et al. 2018) followed by the output projection and a channel LayerNorm."""
 
     def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
-        super().__init__()
-        self.scale = dim_head**-0.5
-        self.heads = heads
-        hidden_dim = dim_head * heads
-        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, pad_mode="valid", has_bias=False)
-        self.to_out = nn.SequentialCell(PointwiseProjection(hidden_dim, dim), ChannelLayerNorm(dim))
+        super().__init__(dim, heads, dim_head)
+        self.to_out = nn.SequentialCell(PointwiseProjection(dim_head * heads, dim), ChannelLayerNorm(dim))
 
     def construct(self, x: Tensor) -> Tensor:
         _, c, h, w = x.shape
-        q, k, v = _split_heads(self.to_qkv(x), self.heads)
+        q, k, v = self.qkv(x)
         q = ops.softmax(q, axis=-2) * self.scale
         k = ops.softmax(k, axis=-1)
         v = v / (h * w)

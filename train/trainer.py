@@ -9,10 +9,11 @@ Under msrun (train/distributed.py) each worker trains on its slice of that same 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -23,6 +24,7 @@ from mindspore.amp import DynamicLossScaler, all_finite
 
 from runtime.config import Config
 from runtime.errors import ToolkitError
+from runtime.files import write_text_atomic
 from runtime.images import save_grid, to_uint8
 from runtime.schedules import ScheduleTables
 
@@ -144,6 +146,27 @@ def load_resume_state(path: Path, step: TrainStep) -> int:
     return checkpoint.step
 
 
+def open_log(path: Path, start: int) -> TextIO:
+    """The training log (JSON lines), cut to the records of steps <= `start` and opened for appending.
+
+    `start` is the step of the checkpoint training resumes from (0 for a new run), so steps redone
+    after a crash are not logged twice, and a line torn by the crash is dropped.
+    """
+    if path.exists():
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        write_text_atomic(path, "".join(line for line in lines if _logged_step(line) <= start))
+    return path.open("a", encoding="utf-8")
+
+
+def _logged_step(line: str) -> float:
+    """The step of one complete log line; infinity for a torn or foreign one."""
+    try:
+        step = json.loads(line)["step"] if line.endswith("\n") else None
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+    return step if isinstance(step, int) else math.inf
+
+
 def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = False, show_progress: bool = True,
           context: DistributedContext = DistributedContext()) -> TrainResult:
     """Train (or resume) and write `run_dir/checkpoints/latest.ckpt`; returns the losses seen.
@@ -163,7 +186,7 @@ def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = Fals
     log = None
     if context.is_main:
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        log = (run_dir / "train_log.jsonl").open("a", encoding="utf-8")
+        log = open_log(run_dir / "train_log.jsonl", start)
         tqdm.write(f"model: {count_parameters(net):,} parameters; data: {len(images):,} images; {CPU_DISPATCH_NOTE}")
         if context.is_distributed:
             tqdm.write(f"data parallel: {context.world_size} workers, {config.train.batch_size // context.world_size} "

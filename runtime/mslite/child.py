@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ToolkitError
-from .convert import signal_name
+from .process import run_child, signal_name
 
 
 def predict_in_child(model_path: str | os.PathLike, cases: Sequence[Tuple[np.ndarray, np.ndarray]],
@@ -28,16 +28,11 @@ def predict_in_child(model_path: str | os.PathLike, cases: Sequence[Tuple[np.nda
         inputs, outputs = Path(work) / "inputs.npz", Path(work) / "outputs.npz"
         np.savez(inputs, **{f"x{i}": x for i, (x, _) in enumerate(cases)},
                  **{f"t{i}": t for i, (_, t) in enumerate(cases)})
-        command = [sys.executable, "-m", "runtime.mslite.child", str(model_path), str(inputs), str(outputs),
-                   str(threads or 0)]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                    env={**os.environ, "GLOG_v": os.environ.get("GLOG_v", "3")})
-        except subprocess.TimeoutExpired:
-            raise ToolkitError(f"the MindSpore Lite child process did not finish within {timeout:.0f} s") from None
+        result = run_child(["runtime.mslite.child", str(model_path), str(inputs), str(outputs), str(threads or 0)],
+                           timeout, "the MindSpore Lite child process")
         if result.returncode != 0:
             raise ToolkitError(_failure(result))
-        with np.load(outputs) as data:
+        with np.load(outputs, allow_pickle=False) as data:
             return [data[f"eps{i}"] for i in range(len(cases))]
 
 
@@ -56,7 +51,7 @@ def main(argv: List[str]) -> None:
     model, inputs, outputs, threads = argv
     try:
         backend = MsliteBackend(model, threads=int(threads) or None)
-        with np.load(inputs) as data:
+        with np.load(inputs, allow_pickle=False) as data:
             count = len(data.files) // 2
             eps = {f"eps{i}": backend(data[f"x{i}"], data[f"t{i}"]) for i in range(count)}
         np.savez(outputs, **eps)

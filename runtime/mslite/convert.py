@@ -10,7 +10,6 @@ becomes a one-line ToolkitError; the output file appears atomically, only on suc
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,9 @@ from pathlib import Path
 
 from ..errors import ToolkitError
 from ..files import atomic_path
+from ..onnx_external import check_external_data
 from .native import logged_errors
+from .process import run_child, signal_name
 
 SUFFIX = ".mindir"
 CHILD_FLAG = "--child"
@@ -29,6 +30,7 @@ def convert_onnx(onnx_path: str | os.PathLike, output_path: str | os.PathLike, t
     onnx_path, output_path = Path(onnx_path), Path(output_path)
     if not onnx_path.is_file():
         raise ToolkitError(f"ONNX model not found: {onnx_path}")
+    check_external_data(onnx_path)
     if output_path.suffix != SUFFIX:
         raise ToolkitError(f"a MindSpore Lite model is written as {SUFFIX} (cloud MindIR), got {output_path.name}")
     with atomic_path(output_path, suffix=SUFFIX) as tmp, \
@@ -44,12 +46,8 @@ def convert_onnx(onnx_path: str | os.PathLike, output_path: str | os.PathLike, t
 
 
 def _run_child(onnx_path: Path, base: Path, timeout: float) -> None:
-    command = [sys.executable, "-m", "runtime.mslite.convert", CHILD_FLAG, str(onnx_path.resolve()), str(base)]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                env={**os.environ, "GLOG_v": os.environ.get("GLOG_v", "3")})
-    except subprocess.TimeoutExpired:
-        raise ToolkitError(f"the Lite converter did not finish within {timeout:.0f} s on {onnx_path}") from None
+    result = run_child(["runtime.mslite.convert", CHILD_FLAG, str(onnx_path.resolve()), str(base)], timeout,
+                       f"the Lite converter on {onnx_path}")
     if result.returncode != 0:
         raise ToolkitError(_failure(result, onnx_path))
 
@@ -64,13 +62,6 @@ def _failure(result: subprocess.CompletedProcess, onnx_path: Path) -> str:
     if logged:
         return f"the Lite converter rejected {onnx_path}: {logged[0]}"
     return own[0] if own else f"the Lite converter failed (exit {result.returncode}) on {onnx_path}"
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _child(onnx_path: str, base: str) -> None:
