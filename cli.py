@@ -41,7 +41,7 @@ RUNTIME_ONLY = ("backend", "scheduler", "steps", "eta", "spacing", "clip_x0", "b
 def sample(
     ctx: typer.Context,
     checkpoint: Optional[Path] = typer.Option(None, help="MindSpore reference path: a .ckpt file or run directory."),
-    artifact: Optional[Path] = typer.Option(None, help="Runtime path: an exported model (.onnx/.mindir/.ms) with its manifest."),
+    artifact: Optional[Path] = typer.Option(None, help="Runtime path: an exported model (.onnx, .mindir, .lite.mindir) with its manifest <artifact>.json beside it."),
     backend: Optional[str] = typer.Option(None, help="Runtime backend: onnxruntime | mindspore | mslite (default: by the artifact's format)."),
     scheduler: str = typer.Option("ddpm", help="Runtime scheduler: ddpm | ddim | dpmpp (the reference path is always DDPM)."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: T for ddpm, 50 for ddim, 20 for dpmpp)."),

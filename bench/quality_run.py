@@ -186,14 +186,17 @@ def render_quality(result: Dict[str, Any]) -> str:
              f"{100 * info.get('test_accuracy', float('nan')):.1f}%** ({100 * info.get('test_accuracy_mirrored', float('nan')):.1f}% "
              f"on mirrored test images). FD: Fréchet distance between the {info.get('features')}-d penultimate features of "
              f"{result['n']} samples and of the {result['reference_images']} reference images; score: exp(E KL(p(y|x) || p(y))) "
-             f"(10 at best); histogram: share of samples per predicted class 0-9.\n"]
+             f"(10 at best); histogram: share of samples per predicted class 0-9. The ± is the standard deviation of FD over 20 "
+             f"bootstrap resamplings of the sample set. FD is biased upward for small sets (it estimates a 128x128 "
+             f"covariance), so compare rows of the same n.\n"]
     rows = []
     for r in result["rows"]:
         seconds = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
         seed = "" if "seed" not in r else str(r["seed"])
-        rows.append([r["name"], seed, r["n"], seconds, f"{r['fd']:.3f}", f"{r['score']:.2f}",
+        fd = f"{r['fd']:.2f}" + (f" ± {r['fd_sd']:.2f}" if r.get("fd_sd") else "")
+        rows.append([r["name"], seed, r["n"], seconds, fd, f"{r['score']:.2f}",
                      " ".join(f"{100 * h:.0f}" for h in r["histogram"])])
-    lines.append(table(["samples", "seed", "n", "seconds", "FD", "score", "class histogram (%)"], rows))
+    lines.append(table(["samples", "seed", "n", "seconds", "FD ± bootstrap sd", "score", "class histogram (%)"], rows))
     if result["targets"]:
         lines.append("\n## Targets\n")
         lines.append(table(["target", "FD", "DDPM-200 FD", "difference", "status"],

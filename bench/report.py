@@ -44,7 +44,9 @@ def targets(result: Dict[str, Any]) -> List[List[str]]:
     e2e = result.get("end_to_end", {})
     dpm = next((r for r in e2e.get("runs", []) if r["scheduler"] == "dpmpp" and r["steps"] == 20 and not r["extrapolated"]), None)
     if dpm and e2e.get("images") == 64:
-        rows.append(["64 images with DPM-Solver++-20 in <= 3 s", f"{dpm['seconds']:.2f} s",
+        best = next((r["min_s"] for r in result.get("unet", []) if r["backend"] == "onnxruntime" and r["batch"] == 64), None)
+        projection = f"; 20 x the best batch-64 call = {20 * best:.2f} s" if best else ""
+        rows.append(["64 images with DPM-Solver++-20 in <= 3 s", f"{dpm['seconds']:.2f} s measured{projection}",
                      "met" if dpm["seconds"] <= TARGET_DPMPP20_S else "missed"])
     slow = next((r for r in result.get("training", []) if r["isa"] == "ALL"), None)
     if slow and slow.get("slowdown_vs_avx2"):
@@ -136,3 +138,10 @@ def render_markdown(result: Dict[str, Any]) -> str:
         out.append("\n## Not measured\n\n")
         out.extend(f"- {k}: {v}\n" for k, v in result["errors"].items())
     return "\n".join(out)
+
+
+if __name__ == "__main__":  # re-render a result: python -m bench.report RESULT.json > RESULT.md
+    import json
+    import sys
+
+    sys.stdout.write(render_markdown(json.loads(open(sys.argv[1]).read())))

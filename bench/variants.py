@@ -124,11 +124,17 @@ def quantize_int8_static(source: Path, out: Path, shape: Tuple[int, ...], timest
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    import onnx
+    from onnx import version_converter
+
+    # per-channel DequantizeLinear (its `axis`) needs opset 13; MindSpore's exporter writes 11
+    opset13 = out.with_name(out.stem + ".opset13.onnx")
+    onnx.save(version_converter.convert_version(onnx.load(str(source)), 13), str(opset13))
     prepped = out.with_name(out.stem + ".pre.onnx")
-    quant_pre_process(str(source), str(prepped), skip_symbolic_shape=True)
+    quant_pre_process(str(opset13), str(prepped), skip_symbolic_shape=True)
     quantize_static(str(prepped), str(out), _calibration(shape, timesteps), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=["Conv", "MatMul", "Gemm", "ConvTranspose"])
+                    op_types_to_quantize=["Conv", "MatMul", "Gemm"])
 
 
 # ---- the exploration --------------------------------------------------------------------------------------

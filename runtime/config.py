@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
@@ -34,7 +35,9 @@ class ModelConfig:
         return 2 ** (len(self.dim_mults) - 1)
 
     def validate(self) -> None:
-        if self.image_size < 1 or self.channels < 1 or self.dim < 2 or not self.dim_mults:
+        optional_sizes = [size for size in (self.init_dim, self.out_dim) if size is not None]
+        if self.image_size < 1 or self.channels < 1 or self.dim < 2 or not self.dim_mults \
+                or min((*self.dim_mults, self.convnext_mult, *optional_sizes)) < 1:
             raise ToolkitError(f"invalid model config: {self}")
         if self.image_size % self.downsample_factor:
             raise ToolkitError(
@@ -81,8 +84,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ToolkitError("steps and batch size must be >= 1")
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ToolkitError("learning rates must be positive")
+        if not (0 < self.lr < math.inf and 0 <= self.min_lr < math.inf):
+            raise ToolkitError(f"learning rates must be finite, lr > 0 and min_lr >= 0, got {self.lr} and {self.min_lr}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ToolkitError(f"EMA decay must be in (0, 1), got {self.ema_decay}")
         if min(self.checkpoint_every, self.log_every) < 1 or self.sample_every < 0:
@@ -117,7 +120,7 @@ class Config:
         sections = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
         unknown = set(data) - set(sections)
         if unknown:
-            raise ToolkitError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+            raise ToolkitError(f"unknown config section(s): {', '.join(map(repr, sorted(unknown)))}")
         return cls(**{name: _section(kind, data.get(name, {}), name) for name, kind in sections.items()}).validate()
 
     @classmethod
@@ -141,7 +144,7 @@ def _section(kind: type, values: Any, name: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(kind)}
     unknown = set(values) - set(fields)
     if unknown:
-        raise ToolkitError(f"unknown key(s) in config section {name!r}: {', '.join(sorted(unknown))}")
+        raise ToolkitError(f"unknown key(s) in config section {name!r}: {', '.join(map(repr, sorted(unknown)))}")
     defaults = kind()
     out = {}
     for key, value in values.items():
@@ -157,6 +160,8 @@ def _coerce(value: Any, example: Any, where: str) -> Any:
             raise ToolkitError(f"config {where} must be a list of integers, got {value!r}")
         return tuple(value)
     if value is None:
+        if example is not None:
+            raise ToolkitError(f"config {where} must not be null")
         return None
     if isinstance(example, bool) or example is None and isinstance(value, bool):
         if not isinstance(value, bool):
@@ -169,6 +174,8 @@ def _coerce(value: Any, example: Any, where: str) -> Any:
     if isinstance(example, float) or example is None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ToolkitError(f"config {where} must be a number, got {value!r}")
+        if isinstance(value, int) and not abs(value) < 2**1023:  # float() would overflow
+            raise ToolkitError(f"config {where} is out of range")
         return float(value)
     if isinstance(example, str):
         if not isinstance(value, str):

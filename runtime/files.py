@@ -22,7 +22,7 @@ from .errors import ToolkitError
 # Test-only crash point (tests/test_interrupted.py): "NAME:N" makes the N-th finished temporary of a file
 # called NAME, in this process, say so on stderr and wait to be killed instead of being renamed.
 HOLD_BEFORE_RENAME = "MS_DDPM_TEST_HOLD_BEFORE_RENAME"
-_finished = collections.Counter()
+_finished: collections.Counter = collections.Counter()  # finished temporaries per file name
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -51,6 +51,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 def _check_target(path: str | os.PathLike) -> Path:
+    """`path` as a Path, if its directory exists and it is not itself a directory."""
     path = Path(path)
     parent = path.parent
     if not parent.exists():
@@ -63,6 +64,7 @@ def _check_target(path: str | os.PathLike) -> Path:
 
 
 def _create_temporary(final: Path, suffix: str = "") -> Path:
+    """A new empty temporary beside `final`, named after it and this process."""
     try:
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=final.parent)
     except OSError as exc:
@@ -113,6 +115,7 @@ def _running(pid: int) -> bool:
 
 
 def _hold_if_asked(final: Path) -> None:
+    """The test-only crash point (HOLD_BEFORE_RENAME); does nothing unless that variable names `final`."""
     name, _, count = os.environ.get(HOLD_BEFORE_RENAME, "").rpartition(":")
     if final.name != name:
         return

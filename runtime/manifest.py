@@ -98,7 +98,7 @@ class Manifest:
             raise ToolkitError(f"{source}: manifest is missing {', '.join(missing)}")
         unknown = sorted(set(data) - set(FIELD_TYPES))
         if unknown:
-            raise ToolkitError(f"{source}: manifest has unknown field(s) {', '.join(unknown)}")
+            raise ToolkitError(f"{source}: manifest has unknown field(s) {', '.join(map(repr, unknown))}")
         for name, value in data.items():
             _expect(value, FIELD_TYPES[name], f"{source}: manifest field {name!r}")
         if data["format_version"] != FORMAT_VERSION:

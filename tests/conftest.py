@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict
 
 import pytest
 
@@ -35,6 +37,23 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     net = build_unet(config.model)
     path = tmp_path_factory.mktemp("tiny") / "tiny.ckpt"
     return save_checkpoint(path, config, step=0, net=net)
+
+
+# MindSpore Lite's only PyPI wheel is x86_64 Linux: tests that run Lite skip elsewhere.
+LITE_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
+EXPORT_NAMES = {"onnx": "unet.onnx", "mindir": "unet.mindir", "mslite": "unet.lite.mindir"}
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tiny_checkpoint, tmp_path_factory) -> Dict[str, Path]:
+    """The tiny checkpoint exported to each format (Lite where it runs), each with its manifest; unverified,
+    as the numeric gate has its own tests. Treat as read-only: copy before damaging."""
+    from export.pipeline import ExportRequest, export_checkpoint
+
+    folder = tmp_path_factory.mktemp("exports")
+    return {fmt: export_checkpoint(tiny_checkpoint, ExportRequest(format=fmt, out=folder / name, gate=None),
+                                   log=lambda _: None)
+            for fmt, name in EXPORT_NAMES.items() if fmt != "mslite" or LITE_PLATFORM}
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

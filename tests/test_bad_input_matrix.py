@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import platform
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -26,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_clean_error, run_cli
+from conftest import LITE_PLATFORM, assert_clean_error, run_cli
 from runtime.files import sha256_file
 from runtime.manifest import manifest_path_for
 from runtime.schedules import beta_schedule
@@ -34,20 +32,7 @@ from runtime.schedules import beta_schedule
 TINY_TRAIN = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--steps", "2",
               "--batch-size", "4", "--no-progress"]
 UNWRITABLE = Path("/proc")  # exists and looks writable to root, yet no one can create files in it
-LITE = pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
-                          reason="MindSpore Lite's only PyPI wheel is x86_64 Linux")
-EXPORTS = {"onnx": "unet.onnx", "mindir": "unet.mindir", "mslite": "unet.lite.mindir"}
-
-
-@pytest.fixture(scope="module")
-def artifacts(tiny_checkpoint, tmp_path_factory) -> Dict[str, Path]:
-    """The tiny checkpoint exported to each format (no gate: the gate has its own tests)."""
-    from export.pipeline import ExportRequest, export_checkpoint
-
-    folder = tmp_path_factory.mktemp("artifacts")
-    return {fmt: export_checkpoint(tiny_checkpoint, ExportRequest(format=fmt, out=folder / name, gate=None),
-                                   log=lambda _: None)
-            for fmt, name in EXPORTS.items()}
+LITE = pytest.mark.skipif(not LITE_PLATFORM, reason="MindSpore Lite's only PyPI wheel is x86_64 Linux")
 
 
 @dataclass
@@ -57,7 +42,7 @@ class Case:
     inputs: Path
     out: Path
     checkpoint: Path
-    artifacts: Dict[str, Path]
+    exports: Dict[str, Path]
 
     def damaged(self, source: Path, damage: str, name: Optional[str] = None) -> Path:
         """A copy of `source` among the inputs (as `name`), emptied, cut in half or replaced by random bytes."""
@@ -70,7 +55,7 @@ class Case:
 
     def artifact(self, fmt: str, damage: Optional[str] = None, edit: Optional[Callable[[dict], None]] = None) -> Path:
         """The artifact and its manifest among the inputs, the artifact damaged and/or the manifest edited."""
-        source = self.artifacts[fmt]
+        source = self.exports[fmt]
         path = self.damaged(source, damage) if damage else self.inputs / source.name
         if not damage:
             path.write_bytes(source.read_bytes())
@@ -126,7 +111,7 @@ def _good(case: Case, name: str, data: bytes) -> Path:
 
 def _damaged_manifest(case: Case, damage: str) -> Path:
     artifact = case.artifact("onnx")
-    case.damaged(manifest_path_for(case.artifacts["onnx"]), damage, manifest_path_for(artifact).name)
+    case.damaged(manifest_path_for(case.exports["onnx"]), damage, manifest_path_for(artifact).name)
     return artifact
 
 
@@ -313,13 +298,13 @@ def _snapshot(folder: Path) -> Dict[str, str]:
 
 
 @pytest.mark.parametrize("build, fragments, code", ROWS)
-def test_bad_input(build: Build, fragments: List[str], code: int, tiny_checkpoint, artifacts, tmp_path):
-    case = Case(inputs=tmp_path / "inputs", out=tmp_path / "out", checkpoint=tiny_checkpoint, artifacts=artifacts)
+def test_bad_input(build: Build, fragments: List[str], code: int, tiny_checkpoint, tiny_exports, tmp_path):
+    case = Case(inputs=tmp_path / "inputs", out=tmp_path / "out", checkpoint=tiny_checkpoint, exports=tiny_exports)
     case.inputs.mkdir()
     case.out.mkdir()
     args = build(case)
     before = _snapshot(case.inputs)
-    shared = {path: sha256_file(path) for path in (tiny_checkpoint, *artifacts.values())}
+    shared = {path: sha256_file(path) for path in (tiny_checkpoint, *tiny_exports.values())}
 
     assert_clean_error(run_cli(*args), *fragments, code=code)
     assert list(case.out.iterdir()) == [], "something was written where the output goes"

@@ -66,3 +66,11 @@ def test_feature_stats_rejects_bad_shapes():
         FeatureStats.of(np.zeros(5))
     with pytest.raises(ValueError):
         FeatureStats.of(np.zeros((1, 3)))
+
+
+def test_bootstrap_sd_shrinks_with_more_samples():
+    from bench.quality import bootstrap_sd
+
+    reference = FeatureStats.of(_features(n=20000, seed=1))
+    small, large = (bootstrap_sd(_features(n=n, seed=2), reference, resamples=10) for n in (200, 5000))
+    assert 0 < large < small

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -16,25 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, tiny_config
+from conftest import LITE_PLATFORM, REPO, run_cli, tiny_config
 from runtime.backends import Backend
 from runtime.errors import ToolkitError
 from runtime.files import atomic_path, sha256_file, write_text_atomic
 from runtime.manifest import Manifest, manifest_path_for
 from runtime.pipeline import Sampler
 
-LITE = pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
-                          reason="MindSpore Lite's only PyPI wheel is x86_64 Linux")
-
-
-@pytest.fixture(scope="module")
-def artifacts(tiny_checkpoint, tmp_path_factory) -> dict:
-    from export.pipeline import ExportRequest, export_checkpoint
-
-    folder = tmp_path_factory.mktemp("exports")
-    return {fmt: export_checkpoint(tiny_checkpoint, ExportRequest(format=fmt, out=folder / name, gate=None),
-                                   log=lambda _: None)
-            for fmt, name in (("onnx", "unet.onnx"), ("mslite", "unet.lite.mindir"))}
+LITE = pytest.mark.skipif(not LITE_PLATFORM, reason="MindSpore Lite's only PyPI wheel is x86_64 Linux")
 
 
 # ---- non-finite guards -------------------------------------------------------------------------------
@@ -83,9 +71,9 @@ def _sample_twice(tmp_path: Path, *args) -> list:
     pytest.param("mslite", id="mslite", marks=LITE),
     pytest.param("checkpoint", id="mindspore-reference"),
 ])
-def test_same_seed_and_backend_give_identical_bytes_across_processes(source, artifacts, tiny_checkpoint, tmp_path):
+def test_same_seed_and_backend_give_identical_bytes_across_processes(source, tiny_exports, tiny_checkpoint, tmp_path):
     args = ["--checkpoint", tiny_checkpoint] if source == "checkpoint" else \
-        ["--artifact", artifacts[source], "--scheduler", "ddim", "--steps", "4"]
+        ["--artifact", tiny_exports[source], "--scheduler", "ddim", "--steps", "4"]
     first, second = _sample_twice(tmp_path, *args)
     assert first == second
 
@@ -123,8 +111,8 @@ def test_every_np_load_refuses_pickles():
     ("outputs", [{"name": "eps", "dtype": "float32", "shape": ["batch", 0, 8, 8]}], "shape axes must be positive"),
     ("betas", [0.5] * 9 + [1.5], "betas must be numbers in (0, 1)"),
 ])
-def test_manifest_schema_errors_name_the_field(artifacts, field, value, fragment):
-    data = json.loads(manifest_path_for(artifacts["onnx"]).read_text())
+def test_manifest_schema_errors_name_the_field(tiny_exports, field, value, fragment):
+    data = json.loads(manifest_path_for(tiny_exports["onnx"]).read_text())
     with pytest.raises(ToolkitError, match=re.escape(fragment)):
         Manifest.from_dict({**data, field: value}, source="m.json")
 
@@ -148,20 +136,20 @@ def _with_external_data(artifact: Path, folder: Path, location: str) -> Path:
     return copy
 
 
-def test_onnx_external_data_inside_the_artifacts_directory_loads(artifacts, tmp_path):
-    inside = _with_external_data(artifacts["onnx"], tmp_path / "deploy", "weights.bin")
-    single_file = Sampler.load(artifacts["onnx"]).sample(2, "ddim", 3, seed=1)
+def test_onnx_external_data_inside_the_artifacts_directory_loads(tiny_exports, tmp_path):
+    inside = _with_external_data(tiny_exports["onnx"], tmp_path / "deploy", "weights.bin")
+    single_file = Sampler.load(tiny_exports["onnx"]).sample(2, "ddim", 3, seed=1)
     assert np.array_equal(Sampler.load(inside).sample(2, "ddim", 3, seed=1), single_file)
 
 
 @pytest.mark.parametrize("escape", ["relative", "absolute", "symlink"])
-def test_onnx_external_data_outside_the_artifacts_directory_is_refused(artifacts, tmp_path, escape):
+def test_onnx_external_data_outside_the_artifacts_directory_is_refused(tiny_exports, tmp_path, escape):
     deploy = tmp_path / "deploy"
-    _with_external_data(artifacts["onnx"], deploy, "weights.bin")
+    _with_external_data(tiny_exports["onnx"], deploy, "weights.bin")
     (deploy / "weights.bin").rename(tmp_path / "weights.bin")  # the data now sits one level up
     (deploy / "link.bin").symlink_to(tmp_path / "weights.bin")
     location = {"relative": "../weights.bin", "absolute": str(tmp_path / "weights.bin"), "symlink": "link.bin"}[escape]
-    artifact = _with_external_data(artifacts["onnx"], deploy, location)
+    artifact = _with_external_data(tiny_exports["onnx"], deploy, location)
     with pytest.raises(ToolkitError, match="lies outside the model's directory"):
         Sampler.load(artifact)
 
@@ -195,23 +183,23 @@ def test_the_external_data_walker_finds_what_onnx_finds(tmp_path):
 
 
 # ---- concurrency -------------------------------------------------------------------------------------
-def test_two_sample_processes_on_one_artifact_do_not_interfere(artifacts, tmp_path):
-    command = [sys.executable, str(REPO / "cli.py"), "sample", "--artifact", str(artifacts["onnx"]), "--n", "3",
+def test_two_sample_processes_on_one_artifact_do_not_interfere(tiny_exports, tmp_path):
+    command = [sys.executable, str(REPO / "cli.py"), "sample", "--artifact", str(tiny_exports["onnx"]), "--n", "3",
                "--scheduler", "dpmpp", "--steps", "4"]
     processes = [subprocess.Popen([*command, "--seed", str(seed), "--out", str(tmp_path / f"{seed}.png"),
                                    "--npz", str(tmp_path / f"{seed}.npz")], cwd=REPO, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
     for process in processes:
         assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
-    sampler = Sampler.load(artifacts["onnx"])
+    sampler = Sampler.load(tiny_exports["onnx"])
     for seed in (1, 2):
         with np.load(tmp_path / f"{seed}.npz", allow_pickle=False) as saved:
             assert np.array_equal(saved["images"], sampler.sample(3, "dpmpp", 4, seed=seed))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["1.npz", "1.png", "2.npz", "2.png"]
 
 
-def test_one_sampler_serves_several_threads_with_one_scheduler_object(artifacts):
-    sampler = Sampler.load(artifacts["onnx"])
+def test_one_sampler_serves_several_threads_with_one_scheduler_object(tiny_exports):
+    sampler = Sampler.load(tiny_exports["onnx"])
     shared = sampler.scheduler("dpmpp", 4)  # multistep: it carries state from step to step within a run
     expected = {seed: sampler.sample(2, "dpmpp", 4, seed=seed) for seed in range(4)}
     results = {}

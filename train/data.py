@@ -33,6 +33,8 @@ def parse_idx(data: bytes, source: str = "IDX data") -> np.ndarray:
     if len(data) < header:
         raise ToolkitError(f"truncated IDX header: {source}")
     dims = struct.unpack(f">{ndim}I", data[4:header])
+    if 0 in dims:
+        raise ToolkitError(f"IDX header {list(dims)} describes no data: {source}")
     expected = math.prod(dims)  # Python ints: numpy's int64 product can wrap around to a small number
     if len(data) - header != expected:
         raise ToolkitError(f"IDX body has {len(data) - header} bytes but its header {list(dims)} needs {expected}"
