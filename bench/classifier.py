@@ -49,7 +49,7 @@ def build_classifier(channels: int, image_size: int, classes: int, width: int = 
 def train_classifier(out: Path, data: str, image_size: int, steps: int, batch: int, lr: float, hflip: bool,
                      seed: int = 0, log=print) -> Dict[str, Any]:
     import mindspore as ms
-    from mindspore import Tensor, nn, ops
+    from mindspore import Tensor, nn
 
     from .quality import labeled_images, split_indices
 

@@ -8,11 +8,8 @@ export gate's measures (max abs error, cosine similarity). No MindSpore here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
-
-import numpy as np
+from typing import Any, Callable, Dict, Tuple
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 T_INPUT, X_INPUT = "t", "x"
@@ -63,7 +60,6 @@ def open_session(path: str, options: Dict[str, Any]) -> Tuple[Callable, Tuple[in
 
 def matmul_session(size: int):
     """An onnxruntime session computing one (size x size) @ (size x size) float32 MatMul."""
-    import onnx
     from onnx import TensorProto, helper
 
     ort = _ort()

@@ -11,7 +11,6 @@ Model transformations (each writes a new ONNX file; the original export is never
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -195,7 +194,7 @@ def variant_list(bench, work: Path) -> Tuple[List[Tuple[str, Path, Dict[str, Any
 
 def explore_onnxruntime(bench) -> Dict[str, Any]:
     """Time every variant at batch 1 and 64 (interleaved, with the matmul peak), gate it, report."""
-    from .run import WorkerFailed, WorkerProcess, summarize
+    from .run import WorkerProcess, summarize
 
     bench.log("exploring onnxruntime variants ...")
     work = bench.s.work / "variants"
@@ -225,11 +224,12 @@ def explore_onnxruntime(bench) -> Dict[str, Any]:
         worker.close()
     peak = bench.peak()
     for row in rows:
-        row["peak_fraction_best"] = row["gflops_best"] / peak["gflops_best"]
+        row["peak_fraction_best"] = row["gflops_best"] / peak["gflops_best"]  # finalize_peak: the run's best
         base = next(r for r in rows if r["batch"] == row["batch"])
         row["vs_baseline"] = row["median_s"] / base["median_s"]
     return {"variants": rows, "errors": errors, "notes": notes, "peak": peak,
             "note": ("Each variant in its own worker, timed in turn with the matmul peak "
-                     f"({peak['gflops_best']:.0f} GFLOP/s best in this rotation); *x baseline* is median time over the "
+                     f"({peak['gflops_best']:.0f} GFLOP/s best in this rotation; % of peak is against the run's best); *x baseline* is "
+                     "median time over the "
                      "runtime default's. The gate is the export gate's fp32 one (max abs error and cosine vs the "
                      "unoptimised fp32 model on a batch of 16 over t = 0..T-1).")}
