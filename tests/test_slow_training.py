@@ -9,7 +9,7 @@ from conftest import run_cli
 
 @pytest.mark.slow
 def test_training_on_digits_clearly_reduces_the_loss(tmp_path):
-    run = tmp_path / "run"
+    run = tmp_path / "runs" / "digits"  # a run directory whose parent does not exist yet, like `make demo`'s
     result = run_cli("train", "--out", run, "--image-size", "8", "--dim", "8", "--dim-mults", "1,2",
                      "--steps", "300", "--batch-size", "32", "--lr", "2e-3", "--checkpoint-every", "100", "--log-every", "5",
                      "--no-progress")

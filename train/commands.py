@@ -99,8 +99,15 @@ def train(
 def _new_run_config(out: Path, overrides: Dict[str, Dict[str, Any]]) -> Config:
     if (out / "checkpoints" / "latest.ckpt").exists():
         raise ToolkitError(f"run directory already holds a checkpoint: {out} (use --resume, or another --out)")
-    check_output_dir(out / "config.json") if out.exists() else check_output_dir(out)  # created once training starts
+    _check_run_dir(out)
     return _with_overrides(Config(ModelConfig(), DiffusionConfig(), TrainConfig()), overrides)
+
+
+def _check_run_dir(out: Path) -> None:
+    """`out` may not exist yet (training creates it, with its parents): its nearest existing
+    ancestor must be a directory we can write in."""
+    existing = next(path for path in (out, *out.parents) if path.exists())
+    check_output_dir(existing / "config.json")
 
 
 def _resume_config(out: Path, overrides: Dict[str, Dict[str, Any]]) -> Config:
