@@ -41,9 +41,11 @@ class Thresholds:
         return self
 
 
-# MindSpore Lite's CPU kernels differ from MindSpore's by up to ~2e-4 on the tutorial-size U-Net
-# (onnxruntime: ~2e-6), so its format module uses these instead (issue 5's defaults).
-MSLITE_THRESHOLDS = Thresholds(atol=5e-4, min_cosine=0.9999)
+# MindSpore Lite 2.0.0's CPU kernels carry about 1e-4 *relative* error (onnxruntime: 5e-7), so its absolute
+# error grows with the model's output scale: max abs 2.1e-4 on the untrained tutorial-size U-Net, 1.3e-3 on
+# the trained `make demo` model (max rel 1.6e-4, PSNR >= 98 dB, cosine 1 - 1e-9). The issue's 5e-4 fails
+# trained models, so the Lite format's default is 2e-3, with the cosine bound at 0.9999.
+MSLITE_THRESHOLDS = Thresholds(atol=2e-3, min_cosine=0.9999)
 
 
 @dataclass(frozen=True)
