@@ -56,6 +56,16 @@ def tiny_exports(tiny_checkpoint, tmp_path_factory) -> Dict[str, Path]:
             for fmt, name in EXPORT_NAMES.items() if fmt != "mslite" or LITE_PLATFORM}
 
 
+def checkpoint_with_changed_weight(source: Path, out: Path, factor: float, name: str = "final_conv.1.weight") -> Path:
+    """A copy of the tiny checkpoint `source` with one weight scaled by `factor`: the gate must notice."""
+    from train.checkpoint import load_model, save_checkpoint
+
+    net = load_model(source)[0]
+    param = next(p for p in net.trainable_params() if p.name == name)
+    param.set_data(param.data * factor)
+    return save_checkpoint(out, tiny_config(), step=0, net=net)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python cli.py ARGS` in a fresh process; returns the completed process (text output)."""
     full_env = {**os.environ, "GLOG_v": "3", **(env or {})}

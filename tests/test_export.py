@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import REPO, assert_clean_error, run_cli, tiny_config
+from conftest import REPO, assert_clean_error, checkpoint_with_changed_weight, run_cli, tiny_config
 from runtime.files import sha256_file
 from runtime.manifest import Manifest, manifest_path_for
 from runtime.schedules import ScheduleTables
@@ -177,12 +177,7 @@ def test_verify_catches_one_weight_of_the_onnx_scaled_by_1_01(onnx_artifact, run
 
 
 def test_verify_catches_a_mindir_against_a_model_with_one_weight_changed(mindir_artifact, tiny_checkpoint, tmp_path):
-    from train.checkpoint import load_model, save_checkpoint
-
-    net = load_model(tiny_checkpoint)[0]
-    param = next(p for p in net.trainable_params() if p.name == "final_conv.1.weight")
-    param.set_data(param.data * 1.01)
-    changed = save_checkpoint(tmp_path / "changed.ckpt", tiny_config(), step=0, net=net)
+    changed = checkpoint_with_changed_weight(tiny_checkpoint, tmp_path / "changed.ckpt", 1.01)
     result = run_cli("verify", mindir_artifact, "--checkpoint", changed)
     assert_clean_error(result, "does not compute", code=1)
     assert "gate: FAIL" in result.stdout and "not the file the artifact was exported from" in result.stdout

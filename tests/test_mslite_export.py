@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, assert_clean_error, run_cli, tiny_config
+from conftest import REPO, assert_clean_error, checkpoint_with_changed_weight, run_cli
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64",
                                 reason="the MindSpore Lite bridge is built from an x86_64 Linux wheel")
@@ -29,12 +29,7 @@ def test_lite_export_carries_a_verified_manifest(lite_artifact):
 
 
 def test_lite_gate_fails_against_a_model_with_one_weight_changed(lite_artifact, tiny_checkpoint, tmp_path):
-    from train.checkpoint import load_model, save_checkpoint
-
-    net = load_model(tiny_checkpoint)[0]
-    param = next(p for p in net.trainable_params() if p.name == "final_conv.1.weight")
-    param.set_data(param.data * 1.05)
-    changed = save_checkpoint(tmp_path / "changed.ckpt", tiny_config(), step=0, net=net)
+    changed = checkpoint_with_changed_weight(tiny_checkpoint, tmp_path / "changed.ckpt", 1.05)
     result = run_cli("verify", lite_artifact, "--checkpoint", changed)
     assert_clean_error(result, "does not compute", code=1)
     assert "gate: FAIL" in result.stdout
