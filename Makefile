@@ -17,7 +17,7 @@ setup: $(VENV)/.installed
 
 # The MindSpore Lite native bridge (fetches the PyPI mindspore-lite 2.0.0 wheel into .cache/, compiles; no-op when built).
 mslite: setup
-	$(PY) -m runtime.mslite.build
+	$(PY) -m ms_ddpm.runtime.mslite.build
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

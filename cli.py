@@ -1,9 +1,24 @@
 """One CLI over the toolkit: train -> sample -> export -> verify -> (runtime) sample -> bench.
 
-Run `python cli.py --help`, or `python cli.py COMMAND --help`. Every command imports its heavy
-libraries lazily, so runtime-only commands never load MindSpore.
+Installed, it is the `ms-ddpm` command (`ms_ddpm.cli:main`); in a checkout, `python cli.py ...` runs the
+same code through the editable install that `make setup` makes. Run `--help`, or `COMMAND --help`. Every
+command imports its heavy libraries lazily, so runtime-only commands never load MindSpore.
 """
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # `python cli.py` in a checkout: run it as the package's module
+    import importlib.util
+    import runpy
+    import sys
+    from pathlib import Path
+
+    _spec = importlib.util.find_spec("ms_ddpm")
+    if _spec is None or Path(_spec.origin).resolve().parent != Path(__file__).resolve().parent:
+        print("error: this checkout is not the installed ms_ddpm package: run `make setup` (or `pip install -e .`) here",
+              file=sys.stderr)
+        sys.exit(2)
+    runpy.run_module("ms_ddpm.cli", run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
 
 import sys
 from pathlib import Path
@@ -11,23 +26,23 @@ from typing import List, Optional
 
 import typer
 
-from runtime.errors import ToolkitError
+from .runtime.errors import ToolkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and deploy the MindSpore tutorial's DDPM.")
 
 # Each area keeps its commands in its own module; registration order is the order in --help.
-from train import commands as train_commands  # noqa: E402  (light: no MindSpore at import)
+from .train import commands as train_commands  # noqa: E402  (light: no MindSpore at import)
 
 app.command("train")(train_commands.train)
 app.command("noise")(train_commands.noise)
 
-from export import commands as export_commands  # noqa: E402  (light: MindSpore only inside the commands)
+from .export import commands as export_commands  # noqa: E402  (light: MindSpore only inside the commands)
 
 app.command("export")(export_commands.export)
 app.command("verify")(export_commands.verify)
 
-from bench import commands as bench_commands  # noqa: E402  (light: heavy imports inside the commands)
+from .bench import commands as bench_commands  # noqa: E402  (light: heavy imports inside the commands)
 
 app.command("bench")(bench_commands.bench)
 app.command("quality")(bench_commands.quality)
@@ -66,7 +81,7 @@ def sample(
         _refuse_runtime_options(ctx)
         train_commands.sample_reference(checkpoint, n=n, seed=seed, out=out, gif=gif, npz=npz)
     else:
-        from runtime import commands as runtime_commands
+        from .runtime import commands as runtime_commands
 
         runtime_commands.sample_artifact(artifact, backend=backend, scheduler=scheduler, steps=steps, eta=eta, n=n,
                                          batch=batch, seed=seed, out=out, gif=gif, npz=npz, threads=threads,
@@ -85,7 +100,7 @@ def _refuse_runtime_options(ctx: typer.Context) -> None:
 def main() -> None:
     """Run the CLI; our errors become one line on stderr and their exit code, never a traceback."""
     try:
-        app()  # click handles usage errors itself (exit 2) and exits
+        app(prog_name="ms-ddpm" if Path(sys.argv[0]).name == "ms-ddpm" else "python cli.py")  # click exits on usage errors (2)
     except ToolkitError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

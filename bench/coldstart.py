@@ -13,7 +13,7 @@ import sys  # noqa: E402
 
 def main(argv) -> None:
     artifact, backend, threads = argv
-    from runtime.pipeline import Sampler  # the runtime: numpy + the backend's library once opened
+    from ..runtime.pipeline import Sampler  # the runtime: numpy + the backend's library once opened
 
     imported = time.perf_counter()
     sampler = Sampler.load(artifact, backend=backend, threads=int(threads) or None)
@@ -23,7 +23,7 @@ def main(argv) -> None:
     x = np.zeros((1, *sampler.image_shape), np.float32)
     sampler.backend(x, np.zeros(1, sampler.t_dtype))
     done = time.perf_counter()
-    from bench.worker import REPLY_PREFIX
+    from ..bench.worker import REPLY_PREFIX
 
     sys.stdout.write(REPLY_PREFIX + json.dumps({"import_s": imported - _began, "open_s": opened - imported,
                                                 "first_call_s": done - opened}) + "\n")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError
 
 
 def _parse_ints(text: str, option: str) -> tuple:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
+from ..runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
 
 from .worker import REPLY_PREFIX
 
@@ -32,9 +32,9 @@ def tiny_bench_config() -> Config:
 def prepare(work: Path, checkpoint: Path | None, tiny: bool, formats: List[str]) -> Dict[str, Any]:
     import mindspore as ms
 
-    from export.pipeline import ExportRequest, export_checkpoint
-    from train.checkpoint import resolve_checkpoint_path, save_checkpoint
-    from train.model import build_unet
+    from ..export.pipeline import ExportRequest, export_checkpoint
+    from ..train.checkpoint import resolve_checkpoint_path, save_checkpoint
+    from ..train.model import build_unet
 
     work.mkdir(parents=True, exist_ok=True)
     if checkpoint is None:

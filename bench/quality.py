@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError
 
 
 # ---- the metric --------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def class_histogram(logits: np.ndarray, classes: int) -> np.ndarray:
 def labeled_images(data: str, image_size: int) -> Tuple[np.ndarray, np.ndarray]:
     """(uint8 images (N, H, W, 1), int labels (N,)): the embedded digits, or an IDX folder (Fashion-MNIST's
     train-images/train-labels files)."""
-    from train.data import _fit, read_idx
+    from ..train.data import _fit, read_idx
 
     if data == "digits":
         from sklearn.datasets import load_digits

@@ -13,19 +13,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError
+from ..runtime.processes import module_command
 
 from .quality import FeatureModel, FeatureStats, evaluate, frechet_distance, labeled_images
 
 Log = Callable[[str], None]
-REPO = Path(__file__).resolve().parents[1]
 RUNS = (("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10))
 NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}
 TARGETS = {("dpmpp", 20): 0.10, ("ddim", 50): 0.05}  # allowed FD excess over DDPM-200's
@@ -33,18 +32,18 @@ GRID = 36
 
 
 def _run(args: List[str], log: Log) -> subprocess.CompletedProcess:
-    log("$ python " + " ".join(args))
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+    log("$ python -m " + " ".join(args))
+    result = subprocess.run(module_command(*args), capture_output=True, text=True,
                             env={**os.environ, "GLOG_v": "3"})
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ToolkitError(f"`python {' '.join(args[:3])} ...` failed (exit {result.returncode}): {tail[:300]}")
+        raise ToolkitError(f"`python -m {' '.join(args[:2])} ...` failed (exit {result.returncode}): {tail[:300]}")
     return result
 
 
 def _export(checkpoint: Path, work: Path, log: Log) -> Path:
     onnx_path = work / "unet.onnx"
-    _run(["cli.py", "export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(onnx_path)], log)
+    _run(["cli", "export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(onnx_path)], log)
     return onnx_path
 
 
@@ -58,7 +57,7 @@ def _classifier(path: Optional[Path], work: Path, data: str, image_size: int, hf
         if (info.get("data"), info.get("image_size"), info.get("hflip"), info.get("steps")) == (data, image_size, hflip, steps):
             log(f"reusing the classifier {path} (test accuracy {info['test_accuracy']:.4f})")
             return path
-    args = ["-m", "bench.classifier", str(path), "--data", data, "--image-size", str(image_size), "--steps", str(steps)]
+    args = ["bench.classifier", str(path), "--data", data, "--image-size", str(image_size), "--steps", str(steps)]
     _run(args + (["--hflip"] if hflip else []), log)
     return path
 
@@ -70,7 +69,7 @@ def _with_mirrors(images: np.ndarray, hflip: bool) -> np.ndarray:
 def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 2000, seeds: Sequence[int] = (0,),
                 classifier: Optional[Path] = None, classifier_steps: int = 800, threads: Optional[int] = None,
                 runs: Sequence[Tuple[str, int]] = RUNS, log: Log = print, command: str = "") -> Dict[str, Any]:
-    from runtime.pipeline import Sampler
+    from ..runtime.pipeline import Sampler
 
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
@@ -151,7 +150,7 @@ def save_comparison(path: Path, grids: Dict[str, np.ndarray], scale: int = 4) ->
     """One PNG: a grid of samples per scheduler, side by side, each titled."""
     from PIL import Image, ImageDraw
 
-    from runtime.images import make_grid
+    from ..runtime.images import make_grid
 
     tiles = [(label, make_grid(images, columns=int(np.ceil(np.sqrt(len(images)))))) for label, images in grids.items()]
     title_h, gap = 16, 12

@@ -17,19 +17,18 @@ import platform
 import queue
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError
+from ..runtime.processes import module_command
 
 from .worker import REPLY_PREFIX
 
 Log = Callable[[str], None]
-REPO = Path(__file__).resolve().parents[1]
 E2E_RUNS = (("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10))
 SCHEDULER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}
 OPENBLAS_CORETYPE = "SkylakeX"  # OpenBLAS 0.3.23 takes this CPU under KVM for a "Prescott" (SSE3) core
@@ -69,7 +68,7 @@ class WorkerProcess:
         self.label, self.timeout = label, timeout
         self.stderr_path = log_dir / f"worker-{label.replace(' ', '_').replace('/', '_')}.log"
         self._stderr = self.stderr_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.worker", json.dumps(spec)], cwd=REPO,
+        self.proc = subprocess.Popen(module_command("bench.worker", json.dumps(spec)),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
                                      env={**os.environ, "GLOG_v": "3", **env})
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
@@ -133,7 +132,7 @@ class WorkerProcess:
 
 
 def _child_json(args: List[str], env: Optional[Dict[str, str]] = None, timeout: float = 1800) -> Dict[str, Any]:
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    result = subprocess.run(module_command(*args), capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, "GLOG_v": "3", **(env or {})})
     replies = [l[len(REPLY_PREFIX):] for l in result.stdout.splitlines() if l.startswith(REPLY_PREFIX)]
     if result.returncode != 0 or not replies:
@@ -224,7 +223,7 @@ class Bench:
         self.log("preparing models (checkpoint -> ONNX, MindIR, MindSpore Lite) ...")
         formats = [f for b, f in (("onnxruntime", "onnx"), ("mindspore", "mindir"), ("mslite", "mslite"))
                    if b in self.s.backends or f == "onnx"]
-        args = ["-m", "bench.prepare", str(self.s.work / "models"), "--formats", ",".join(formats)]
+        args = ["bench.prepare", str(self.s.work / "models"), "--formats", ",".join(formats)]
         if self.s.checkpoint is not None:
             args += ["--checkpoint", str(self.s.checkpoint)]
         elif self.s.quick:
@@ -415,7 +414,7 @@ class Bench:
             for _ in range(3):
                 began = time.perf_counter()
                 try:
-                    child = _child_json(["-m", "bench.coldstart", art[fmt], backend, str(self.s.threads)])
+                    child = _child_json(["bench.coldstart", art[fmt], backend, str(self.s.threads)])
                 except ToolkitError as exc:
                     self.result["errors"][f"cold start {backend}"] = str(exc)
                     break

@@ -139,7 +139,7 @@ def quantize_int8_static(source: Path, out: Path, shape: Tuple[int, ...], timest
 # ---- the exploration --------------------------------------------------------------------------------------
 def _gate(reference, candidate, shape, timesteps) -> Dict[str, Any]:
     """The export gate's measures on one batch: max |candidate - fp32|, cosine similarity, pass/fail."""
-    from export.gate import Thresholds
+    from ..export.gate import Thresholds
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((GATE_BATCH, *shape), dtype=np.float32)

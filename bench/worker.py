@@ -58,7 +58,7 @@ class Worker:
 
             self.eps, self.image_shape, self.timesteps = open_session(self.spec["artifact"], options)
         else:
-            from runtime.pipeline import Sampler
+            from ..runtime.pipeline import Sampler
 
             self.sampler = Sampler.load(self.spec["artifact"], backend=self.spec.get("backend"),
                                         threads=self.spec.get("threads"))
@@ -120,7 +120,7 @@ class Worker:
 
     # ---- MindSpore: training step and the reference sampler ----------------------------------------
     def _mindspore_model(self):
-        from train.checkpoint import load_model  # imports MindSpore (train/ sets the oneDNN dispatch first)
+        from ..train.checkpoint import load_model  # imports MindSpore (train/ sets the oneDNN dispatch first)
 
         return load_model(self.spec["checkpoint"])
 
@@ -129,8 +129,8 @@ class Worker:
 
         from mindspore import Tensor
 
-        from train import CPU_DISPATCH_NOTE
-        from train.trainer import BatchSampler, TrainStep
+        from ..train import CPU_DISPATCH_NOTE
+        from ..train.trainer import BatchSampler, TrainStep
 
         if self._trainer is None or self._trainer[0] != batch:
             net, loaded = self._mindspore_model()
@@ -158,8 +158,8 @@ class Worker:
         """Time the first `steps` steps of `reference_sample` (the `sample --checkpoint` path) on n images."""
         import mindspore as ms
 
-        from runtime.schedules import ScheduleTables
-        from train.diffusion import draw_sampling_noise, reference_sample
+        from ..runtime.schedules import ScheduleTables
+        from ..train.diffusion import draw_sampling_noise, reference_sample
 
         net, loaded = self._mindspore_model()
         ms.set_context(mode=ms.GRAPH_MODE)

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from runtime.errors import ToolkitError, VerificationFailed
-from runtime.files import check_output_dir
+from ..runtime.errors import ToolkitError, VerificationFailed
+from ..runtime.files import check_output_dir
 
 from .formats import FORMATS, check_format
 from .gate import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_SEED, MSLITE_THRESHOLDS, Thresholds, format_report

@@ -9,8 +9,6 @@ and max |difference| <= 1e-3, on the [-1, 1] scale.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -19,8 +17,9 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from runtime.equivalence import MAX_ABS, PSNR_MIN_DB, compare_samples
-from runtime.errors import ToolkitError, VerificationFailed
+from ..runtime.equivalence import MAX_ABS, PSNR_MIN_DB, compare_samples
+from ..runtime.errors import ToolkitError, VerificationFailed
+from ..runtime.processes import run_module
 
 DEFAULT_IMAGES = 4
 
@@ -51,10 +50,10 @@ def check_end_to_end(artifact: Path, checkpoint: Path, *, seed: int = 0, images:
     log(f"end-to-end: MindSpore reference DDPM and the runtime, {images} images, seed {seed} ...")
     with tempfile.TemporaryDirectory(prefix="end_to_end.") as scratch:
         noise, reference, candidate = (Path(scratch) / name for name in ("noise.npz", "reference.npz", "runtime.npz"))
-        _run_worker(["export.end_to_end", str(checkpoint), str(noise), str(reference),
-                     "--seed", str(seed), "--images", str(images)])
-        _run_worker(["runtime.equivalence", str(artifact), str(noise), str(candidate),
-                     *(["--backend", backend] if backend else [])])
+        run_module("export.end_to_end", checkpoint.resolve(), noise, reference, "--seed", seed, "--images", images,
+                   what="end-to-end check: the MindSpore reference")
+        run_module("runtime.equivalence", artifact.resolve(), noise, candidate, *(["--backend", backend] if backend else []),
+                   what="end-to-end check: the runtime")
         with np.load(reference, allow_pickle=False) as ref, np.load(candidate, allow_pickle=False) as out, \
                 np.load(noise, allow_pickle=False) as drawn:
             figures = compare_samples(ref["x0"], out["x0"])
@@ -66,21 +65,11 @@ def check_end_to_end(artifact: Path, checkpoint: Path, *, seed: int = 0, images:
     return report
 
 
-def _run_worker(module_args: List[str]) -> None:
-    """`python -m MODULE ARGS` in a fresh process; its one-line error becomes ours."""
-    env = {**os.environ, "GLOG_v": os.environ.get("GLOG_v", "3")}
-    result = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        errors = [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
-        detail = errors[-1] if errors else (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ToolkitError(f"end-to-end check: {module_args[0]} failed: {detail}")
-
-
 def reference_worker(checkpoint: Path, noise_out: Path, samples_out: Path, seed: int, images: int) -> None:
     """The MindSpore side: load the checkpoint, draw the noise from `seed`, run the tutorial's p_sample_loop."""
-    from runtime.schedules import ScheduleTables
-    from train.checkpoint import load_model
-    from train.diffusion import draw_sampling_noise, reference_sample
+    from ..runtime.schedules import ScheduleTables
+    from ..train.checkpoint import load_model
+    from ..train.diffusion import draw_sampling_noise, reference_sample
 
     net, source = load_model(checkpoint)
     model, diffusion = source.config.model, source.config.diffusion
@@ -92,7 +81,7 @@ def reference_worker(checkpoint: Path, noise_out: Path, samples_out: Path, seed:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m export.end_to_end", description="The MindSpore reference side.")
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description="The MindSpore reference side.")
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("noise_out", type=Path)
     parser.add_argument("samples_out", type=Path)

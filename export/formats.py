@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Dict, Optional
 
-from runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError
 
-FORMATS = {"onnx": "export.onnx_export", "mindir": "export.mindir_export", "mslite": "export.mslite_export"}
+FORMATS = {"onnx": ".onnx_export", "mindir": ".mindir_export", "mslite": ".mslite_export"}  # modules of this package
 
 INPUT_NAMES = ("x", "t")
 OUTPUT_NAME = "eps"
@@ -40,10 +40,5 @@ def check_format(name: str) -> str:
 
 
 def format_module(name: str) -> ModuleType:
-    return importlib.import_module(FORMATS[check_format(name)])
+    return importlib.import_module(FORMATS[check_format(name)], __package__)
 
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """A library exception's first line, for one-line error messages."""
-    text = str(exc).strip().splitlines()
-    return text[0][:limit] if text else type(exc).__name__

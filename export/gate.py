@@ -12,10 +12,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from runtime.config import Config
-from runtime.errors import ToolkitError
+from ..runtime.config import Config
+from ..runtime.errors import ToolkitError, first_line
 
-from .formats import first_line
 
 EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

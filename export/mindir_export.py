@@ -11,10 +11,10 @@ from typing import Optional
 import mindspore as ms
 from mindspore import nn
 
-from runtime.config import ModelConfig
-from runtime.errors import ToolkitError
+from ..runtime.config import ModelConfig
+from ..runtime.errors import ToolkitError, first_line
 
-from .formats import Exported, first_line
+from .formats import Exported
 from .gate import EpsFn
 from .source import cell_eps, example_inputs
 

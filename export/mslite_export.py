@@ -14,8 +14,8 @@ from typing import Optional
 
 from mindspore import nn
 
-from runtime.config import ModelConfig
-from runtime.mslite import convert_onnx, predict_in_child
+from ..runtime.config import ModelConfig
+from ..runtime.mslite import convert_onnx, predict_in_child
 
 from . import onnx_export
 from .formats import Exported

@@ -17,11 +17,11 @@ from typing import Dict, List, Optional
 import onnx
 import onnxruntime as ort
 
-from runtime.config import ModelConfig
-from runtime.errors import ToolkitError, VerificationFailed
-from runtime.onnx_external import check_external_data
+from ..runtime.config import ModelConfig
+from ..runtime.errors import ToolkitError, VerificationFailed, first_line
+from ..runtime.onnx_external import check_external_data
 
-from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported, first_line
+from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported
 from .gate import EpsFn
 
 SUFFIX = ".onnx"

@@ -16,14 +16,14 @@ from typing import Any, Callable, Dict, Optional
 
 from mindspore import nn
 
-from runtime.config import Config, ModelConfig
-from runtime.errors import ToolkitError, VerificationFailed
-from runtime.files import atomic_path, check_output_dir, sha256_file
-from runtime.manifest import Manifest, TensorSpec, manifest_path_for
-from runtime.schedules import ScheduleTables
-from train.checkpoint import Checkpoint, load_model
+from ..runtime.config import Config, ModelConfig
+from ..runtime.errors import ToolkitError, VerificationFailed, first_line
+from ..runtime.files import atomic_path, check_output_dir, sha256_file
+from ..runtime.manifest import Manifest, TensorSpec, manifest_path_for
+from ..runtime.schedules import ScheduleTables
+from ..train.checkpoint import Checkpoint, load_model
 
-from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported, first_line, format_module
+from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported, format_module
 from .gate import DEFAULT_SEED, EpsFn, GateReport, Thresholds, format_report, gate_batch_sizes, gate_cases, run_gate
 from .source import source_eps
 

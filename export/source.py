@@ -8,7 +8,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from runtime.config import ModelConfig
+from ..runtime.config import ModelConfig
 
 from .gate import EpsFn
 

@@ -1,9 +1,9 @@
 """The MindSpore-free sampling runtime: numpy schedulers around an exported U-Net.
 
-    from runtime import Sampler
+    from ms_ddpm.runtime import Sampler
     images = Sampler.load("unet.onnx").sample(16, scheduler="dpmpp", steps=20, seed=0)
 
-`Sampler` is imported on first use, so `import runtime.errors` (and the CLI) stay light.
+`Sampler` is imported on first use, so `import ms_ddpm.runtime.errors` (and the CLI) stay light.
 """
 from typing import Any
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import ToolkitError
+from .errors import ToolkitError, first_line
 from .manifest import Manifest, TensorSpec
 from .onnx_external import check_external_data
 
@@ -27,19 +28,19 @@ Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, t) of one accepte
 @dataclass(frozen=True)
 class BackendSpec:
     format: str  # the manifest format it runs
-    factory: str  # "module:function", imported only when this backend is opened
+    factory: str  # ".module:function" in this package, imported only when this backend is opened
     library: str  # the Python module it needs
     install: str  # how to install that module
     thread_safe: bool = False  # whether its runner may be called from several threads at once
 
 
 BACKENDS = {
-    "onnxruntime": BackendSpec("onnx", "runtime.backends:open_onnxruntime", "onnxruntime",
+    "onnxruntime": BackendSpec("onnx", ".backends:open_onnxruntime", "onnxruntime",
                                "pip install onnxruntime (or onnxruntime-gpu for CUDA)",
                                thread_safe=True),  # InferenceSession.run is documented as thread-safe
-    "mindspore": BackendSpec("mindir", "runtime.backends:open_mindspore", "mindspore", "pip install mindspore==2.10.0"),
-    # MindSpore Lite: its own package provides `runtime.mslite.open_mslite`.
-    "mslite": BackendSpec("mslite", "runtime.mslite:open_mslite", "mindspore_lite",
+    "mindspore": BackendSpec("mindir", ".backends:open_mindspore", "mindspore", "pip install mindspore==2.10.0"),
+    # MindSpore Lite: its own package provides `.mslite.open_mslite`.
+    "mslite": BackendSpec("mslite", ".mslite:open_mslite", "mindspore_lite",
                           "install a mindspore-lite build matching your MindSpore version"),
 }
 
@@ -102,9 +103,9 @@ def open_backend(name: str, artifact: Path, manifest: Manifest, *, batch: Option
 def _factory(name: str) -> Callable[..., Runner]:
     module_name, function = BACKENDS[name].factory.split(":")
     try:
-        factory = getattr(importlib.import_module(module_name), function, None)
+        factory = getattr(importlib.import_module(module_name, __package__), function, None)
     except ModuleNotFoundError as exc:
-        if exc.name != module_name:
+        if exc.name != importlib.util.resolve_name(module_name, __package__):
             raise
         factory = None
     if factory is None:
@@ -201,8 +202,3 @@ def _check_positive(**values: Optional[int]) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             raise ToolkitError(f"--{name} must be >= 1, got {value}")
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__

@@ -42,7 +42,7 @@ def runtime_ddpm(artifact: Path, x_T: np.ndarray, step_noise: np.ndarray, backen
 
 
 def main(argv: Optional[list] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m runtime.equivalence", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path)
     parser.add_argument("noise", type=Path)
     parser.add_argument("out", type=Path)

@@ -10,7 +10,7 @@ from typing import Dict
 
 import pytest
 
-from runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
+from ms_ddpm.runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint of an untrained tiny U-Net (random weights, seed 0)."""
     import mindspore as ms
 
-    from train.checkpoint import save_checkpoint
-    from train.model import build_unet
+    from ms_ddpm.train.checkpoint import save_checkpoint
+    from ms_ddpm.train.model import build_unet
 
     ms.set_seed(0)
     config = tiny_config()
@@ -48,7 +48,7 @@ EXPORT_NAMES = {"onnx": "unet.onnx", "mindir": "unet.mindir", "mslite": "unet.li
 def tiny_exports(tiny_checkpoint, tmp_path_factory) -> Dict[str, Path]:
     """The tiny checkpoint exported to each format (Lite where it runs), each with its manifest; unverified,
     as the numeric gate has its own tests. Treat as read-only: copy before damaging."""
-    from export.pipeline import ExportRequest, export_checkpoint
+    from ms_ddpm.export.pipeline import ExportRequest, export_checkpoint
 
     folder = tmp_path_factory.mktemp("exports")
     return {fmt: export_checkpoint(tiny_checkpoint, ExportRequest(format=fmt, out=folder / name, gate=None),
@@ -58,7 +58,7 @@ def tiny_exports(tiny_checkpoint, tmp_path_factory) -> Dict[str, Path]:
 
 def checkpoint_with_changed_weight(source: Path, out: Path, factor: float, name: str = "final_conv.1.weight") -> Path:
     """A copy of the tiny checkpoint `source` with one weight scaled by `factor`: the gate must notice."""
-    from train.checkpoint import load_model, save_checkpoint
+    from ms_ddpm.train.checkpoint import load_model, save_checkpoint
 
     net = load_model(source)[0]
     param = next(p for p in net.trainable_params() if p.name == name)

@@ -25,9 +25,9 @@ import pytest
 from PIL import Image
 
 from conftest import LITE_PLATFORM, assert_clean_error, run_cli
-from runtime.files import sha256_file
-from runtime.manifest import manifest_path_for
-from runtime.schedules import beta_schedule
+from ms_ddpm.runtime.files import sha256_file
+from ms_ddpm.runtime.manifest import manifest_path_for
+from ms_ddpm.runtime.schedules import beta_schedule
 
 TINY_TRAIN = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--steps", "2",
               "--batch-size", "4", "--no-progress"]
@@ -192,7 +192,7 @@ def _poisoned_checkpoint(case: Case, value: float, where: str = "weights") -> Pa
     """The tiny checkpoint with one value of its weights (or of Adam's first moment) replaced."""
     from mindspore import Tensor, nn
 
-    from train.checkpoint import LATEST, load_model, save_checkpoint
+    from ms_ddpm.train.checkpoint import LATEST, load_model, save_checkpoint
 
     net, source = load_model(case.checkpoint)
     optimizer = nn.Adam(net.trainable_params()) if where == "optimizer" else None

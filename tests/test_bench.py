@@ -72,8 +72,8 @@ def test_bench_rejects_unknown_backends(tmp_path):
 
 
 def test_folding_the_time_mlp_is_exact(tiny_checkpoint, tmp_path):
-    from bench.variants import fold_time_mlp
-    from export.pipeline import ExportRequest, export_checkpoint
+    from ms_ddpm.bench.variants import fold_time_mlp
+    from ms_ddpm.export.pipeline import ExportRequest, export_checkpoint
 
     source = export_checkpoint(tiny_checkpoint, ExportRequest(format="onnx", out=tmp_path / "unet.onnx", gate=None),
                                log=lambda line: None)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from runtime.errors import ToolkitError
-from train import trainer as trainer_module
-from train.checkpoint import load_checkpoint, load_model
-from train.data import load_images, to_model_range
+from ms_ddpm.runtime.errors import ToolkitError
+from ms_ddpm.train import trainer as trainer_module
+from ms_ddpm.train.checkpoint import load_checkpoint, load_model
+from ms_ddpm.train.data import load_images, to_model_range
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,9 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, tiny_checkpoint):
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(tiny_checkpoint):
-    from runtime.config import ModelConfig
-    from train.checkpoint import load_weights_into
-    from train.model import build_unet
+    from ms_ddpm.runtime.config import ModelConfig
+    from ms_ddpm.train.checkpoint import load_weights_into
+    from ms_ddpm.train.model import build_unet
 
     weights = load_checkpoint(tiny_checkpoint).weights
     with pytest.raises(ToolkitError, match="does not match the model config"):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import ToolkitError
-from train.data import load_images, parse_idx, read_idx, to_model_range
+from ms_ddpm.runtime.errors import ToolkitError
+from ms_ddpm.train.data import load_images, parse_idx, read_idx, to_model_range
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_clean_error, run_cli, tiny_config
-from runtime.errors import ToolkitError
-from train import trainer as trainer_module
-from train.checkpoint import load_checkpoint
-from train.data import load_images, to_model_range
-from train.distributed import RANK_WEIGHTS_ENV, DistributedContext, join_msrun_cluster
-from train.launch import worker_arguments
+from ms_ddpm.runtime.errors import ToolkitError
+from ms_ddpm.train import trainer as trainer_module
+from ms_ddpm.train.checkpoint import load_checkpoint
+from ms_ddpm.train.data import load_images, to_model_range
+from ms_ddpm.train.distributed import RANK_WEIGHTS_ENV, DistributedContext, join_msrun_cluster
+from ms_ddpm.train.launch import worker_arguments
 
 TINY = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--batch-size", "8"]
 LAUNCH_TIMEOUT = 150  # seconds: two workers plus a scheduler on 2 busy CPU cores

@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 
 from conftest import REPO, assert_clean_error, checkpoint_with_changed_weight, run_cli, tiny_config
-from runtime.files import sha256_file
-from runtime.manifest import Manifest, manifest_path_for
-from runtime.schedules import ScheduleTables
+from ms_ddpm.runtime.files import sha256_file
+from ms_ddpm.runtime.manifest import Manifest, manifest_path_for
+from ms_ddpm.runtime.schedules import ScheduleTables
 
 ROUND_TRIP_ATOL = 1e-4
 
@@ -51,7 +51,7 @@ def mindir_artifact(run_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def source_net(tiny_checkpoint):
-    from train.checkpoint import load_model
+    from ms_ddpm.train.checkpoint import load_model
 
     return load_model(tiny_checkpoint)[0]
 
@@ -122,7 +122,7 @@ CONSUMER = """
 import sys
 import numpy as np
 import onnxruntime as ort
-from runtime.manifest import Manifest, manifest_path_for
+from ms_ddpm.runtime.manifest import Manifest, manifest_path_for
 
 artifact = sys.argv[1]
 manifest = Manifest.load(manifest_path_for(artifact))
@@ -151,7 +151,7 @@ def test_a_consumer_samples_a_step_from_artifact_and_manifest_without_mindspore(
 
 
 def test_export_commands_module_does_not_load_mindspore():
-    probe = "import sys, cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'mindspore'))"
+    probe = "import sys, ms_ddpm.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'mindspore'))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
 

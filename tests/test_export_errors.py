@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_clean_error, run_cli, tiny_config
-from runtime.manifest import manifest_path_for
+from ms_ddpm.runtime.manifest import manifest_path_for
 
 
 def _assert_nothing_written(directory: Path) -> None:
@@ -55,7 +55,7 @@ def test_export_rejects_a_missing_or_corrupt_checkpoint(tmp_path, content, fragm
 
 
 def test_export_rejects_a_checkpoint_whose_config_does_not_match_its_weights(tiny_checkpoint, tmp_path):
-    from train.checkpoint import load_model, save_checkpoint
+    from ms_ddpm.train.checkpoint import load_model, save_checkpoint
 
     net = load_model(tiny_checkpoint)[0]
     config = tiny_config()

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from export.gate import (DYNAMIC_BATCH_SIZES, GateCase, Thresholds, compare, format_report, gate_batch_sizes,
+from ms_ddpm.export.gate import (DYNAMIC_BATCH_SIZES, GateCase, Thresholds, compare, format_report, gate_batch_sizes,
                          gate_cases, run_gate)
-from runtime.errors import ToolkitError
+from ms_ddpm.runtime.errors import ToolkitError
 
 
 def _smooth_eps(x: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import tiny_config
-from runtime.backends import Backend
-from runtime.errors import ToolkitError
-from runtime.manifest import Manifest
-from runtime.pipeline import Sampler
-from runtime.schedules import ScheduleTables
-from train.data import load_images, parse_idx
+from ms_ddpm.runtime.backends import Backend
+from ms_ddpm.runtime.errors import ToolkitError
+from ms_ddpm.runtime.manifest import Manifest
+from ms_ddpm.runtime.pipeline import Sampler
+from ms_ddpm.runtime.schedules import ScheduleTables
+from ms_ddpm.train.data import load_images, parse_idx
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 300))
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize="FUZZ_EXAMPLES" not in os.environ,

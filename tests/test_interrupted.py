@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from runtime.errors import ToolkitError
-from runtime.files import HOLD_BEFORE_RENAME, sha256_file
-from runtime.manifest import manifest_path_for
+from ms_ddpm.runtime.errors import ToolkitError
+from ms_ddpm.runtime.files import HOLD_BEFORE_RENAME, sha256_file
+from ms_ddpm.runtime.manifest import manifest_path_for
 
 STEPS, EVERY = 24, 3
 TRAIN = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--batch-size", "4",
@@ -81,7 +81,7 @@ def _temporaries(folder: Path) -> List[str]:
 
 def _check_after_kill(run: Path) -> int:
     """The latest checkpoint loads, is consistent, and lags the log by at most one interval; returns its step."""
-    from train.checkpoint import load_checkpoint
+    from ms_ddpm.train.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(run)
     last_logged = max((record["step"] for record in _logged(run)), default=0)
@@ -92,9 +92,9 @@ def _check_after_kill(run: Path) -> int:
 
 
 def test_training_killed_at_random_points_and_inside_a_checkpoint_write_resumes_exactly(tmp_path):
-    from train import trainer as trainer_module
-    from train.checkpoint import load_checkpoint
-    from train.data import load_images, to_model_range
+    from ms_ddpm.train import trainer as trainer_module
+    from ms_ddpm.train.checkpoint import load_checkpoint
+    from ms_ddpm.train.data import load_images, to_model_range
 
     run = tmp_path / "run"
     rng = np.random.default_rng(2024)  # the random kill points, reproducible
@@ -151,8 +151,8 @@ def other_checkpoint(tmp_path_factory) -> Path:
     import mindspore as ms
 
     from conftest import tiny_config
-    from train.checkpoint import save_checkpoint
-    from train.model import build_unet
+    from ms_ddpm.train.checkpoint import save_checkpoint
+    from ms_ddpm.train.model import build_unet
 
     ms.set_seed(1)
     return save_checkpoint(tmp_path_factory.mktemp("other") / "other.ckpt", tiny_config(), step=0,
@@ -165,7 +165,7 @@ def _pair(out: Path) -> Dict[str, Optional[str]]:
 
 
 def _usable(out: Path) -> bool:
-    from runtime.pipeline import Sampler
+    from ms_ddpm.runtime.pipeline import Sampler
 
     try:
         Sampler.load(out)
@@ -176,7 +176,7 @@ def _usable(out: Path) -> bool:
 
 
 def test_export_killed_mid_install_leaves_the_old_artifact_or_none(tiny_checkpoint, other_checkpoint, tmp_path):
-    from export.pipeline import ExportRequest, export_checkpoint
+    from ms_ddpm.export.pipeline import ExportRequest, export_checkpoint
 
     out = tmp_path / "unet.onnx"
     export = ["export", "--checkpoint", other_checkpoint, "--format", "onnx", "--no-verify", "--out", out]

@@ -5,9 +5,9 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from runtime.config import ModelConfig
-from runtime.errors import ToolkitError
-from train.model import ChannelLayerNorm, GroupNorm, build_unet, count_parameters
+from ms_ddpm.runtime.config import ModelConfig
+from ms_ddpm.runtime.errors import ToolkitError
+from ms_ddpm.train.model import ChannelLayerNorm, GroupNorm, build_unet, count_parameters
 
 
 @pytest.mark.parametrize("config", [

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.errors import ToolkitError
+from ms_ddpm.runtime.errors import ToolkitError
 from conftest import REPO, assert_clean_error, tiny_config
 
 pytestmark = pytest.mark.skipif(
@@ -34,7 +34,7 @@ def _python(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def lite_ready() -> str:
     """Build the bridge the way `make` does; returns the line naming the active path."""
-    result = _python("-m", "runtime.mslite.build")
+    result = _python("-m", "ms_ddpm.runtime.mslite.build")
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.strip().splitlines()[-1]
 
@@ -46,8 +46,8 @@ def tiny_onnx(tmp_path_factory) -> dict:
     (Two copies of the net: MindSpore 2.10 fails to export the same cell instance twice.)"""
     import mindspore as ms
 
-    from export.onnx_export import export
-    from train.model import build_unet
+    from ms_ddpm.export.onnx_export import export
+    from ms_ddpm.train.model import build_unet
 
     ms.set_seed(0)
     model = tiny_config().model
@@ -63,7 +63,7 @@ def tiny_onnx(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_lite(tiny_onnx, lite_ready) -> dict:
-    from runtime.mslite import convert_onnx
+    from ms_ddpm.runtime.mslite import convert_onnx
 
     return {kind: convert_onnx(path, path.with_suffix(".mindir")) for kind, path in tiny_onnx.items()}
 
@@ -83,7 +83,7 @@ def _onnxruntime(path: Path, cases: list) -> list:
 
 def test_build_is_idempotent_and_names_the_path(lite_ready):
     assert "MindSpore Lite" in lite_ready and ("native bridge" in lite_ready or "official" in lite_ready)
-    again = _python("-m", "runtime.mslite.build")
+    again = _python("-m", "ms_ddpm.runtime.mslite.build")
     assert again.returncode == 0 and "compiling" not in again.stdout and "downloading" not in again.stdout
 
 
@@ -93,7 +93,7 @@ def test_convert_writes_only_the_model(tiny_lite):
 
 
 def test_lite_matches_onnxruntime(tiny_onnx, tiny_lite):
-    from runtime.mslite.child import predict_in_child
+    from ms_ddpm.runtime.mslite.child import predict_in_child
 
     cases = _cases(1, 5, 1)  # back to 1: the dynamic model is resized each time
     lite_eps = predict_in_child(tiny_lite["dynamic"], cases, threads=1)
@@ -103,7 +103,7 @@ def test_lite_matches_onnxruntime(tiny_onnx, tiny_lite):
 
 
 def test_fixed_batch_model_runs_in_chunks(tiny_onnx, tiny_lite):
-    from runtime.mslite.child import predict_in_child
+    from ms_ddpm.runtime.mslite.child import predict_in_child
 
     cases = _cases(5, 1)  # chunks of 2: 2 + 2 + 1 padded; 1 padded
     for lite, ref in zip(predict_in_child(tiny_lite["fixed"], cases), _onnxruntime(tiny_onnx["dynamic"], cases)):
@@ -115,14 +115,14 @@ def test_fixed_batch_model_runs_in_chunks(tiny_onnx, tiny_lite):
     ((2, 1, 8, 8), (3,), "t must be integer timesteps of shape (2,)"),
 ])
 def test_wrong_input_shapes_are_refused(tiny_lite, x_shape, t_shape, fragment):
-    from runtime.mslite.child import predict_in_child
+    from ms_ddpm.runtime.mslite.child import predict_in_child
 
     with pytest.raises(ToolkitError, match="^" + re.escape(fragment)):
         predict_in_child(tiny_lite["dynamic"], [(np.zeros(x_shape, np.float32), np.zeros(t_shape, np.int32))])
 
 
 def test_bad_model_files_are_refused(tmp_path, tiny_onnx, lite_ready):
-    from runtime.mslite.child import predict_in_child
+    from ms_ddpm.runtime.mslite.child import predict_in_child
 
     case = _cases(1)
     not_lite = tmp_path / "onnx_in_disguise.mindir"
@@ -141,7 +141,7 @@ def test_converter_rejection_is_one_clean_line(tmp_path, lite_ready):
     graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "g", [x], [y])
     garbage = tmp_path / "garbage.onnx"  # well-formed ONNX (random bytes never reach the converter: see
     garbage.write_bytes(helper.make_model(graph).SerializeToString())  # runtime/onnx_external.py)
-    result = _python("-m", "runtime.mslite.convert", str(garbage), str(tmp_path / "out.mindir"))
+    result = _python("-m", "ms_ddpm.runtime.mslite.convert", str(garbage), str(tmp_path / "out.mindir"))
     assert_clean_error(result, "the Lite converter rejected", "NoSuchOp")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.onnx"]  # no output, no temporary left
 
@@ -149,7 +149,7 @@ def test_converter_rejection_is_one_clean_line(tmp_path, lite_ready):
 def test_lite_and_mindspore_never_share_a_process(tiny_lite):
     import mindspore  # noqa: F401  (this test process has MindSpore, as the exporter does)
 
-    from runtime.mslite import MsliteBackend
+    from ms_ddpm.runtime.mslite import MsliteBackend
 
     with pytest.raises(ToolkitError, match="imported mindspore"):
         MsliteBackend(tiny_lite["dynamic"])
@@ -161,10 +161,10 @@ def test_lite_and_mindspore_never_share_a_process(tiny_lite):
 
 
 def test_missing_bridge_says_how_to_build(tmp_path, tiny_lite, monkeypatch):
-    from runtime.mslite.child import predict_in_child
+    from ms_ddpm.runtime.mslite.child import predict_in_child
 
     if importlib.util.find_spec("mindspore_lite") is not None:  # found, not imported: MindSpore is loaded here
         pytest.skip("a mindspore_lite package is installed here: the official API may be used, not the bridge")
     monkeypatch.setenv("MSLITE_CACHE", str(tmp_path))  # an empty cache: no bridge built there
-    with pytest.raises(ToolkitError, match=r"native bridge not built .* run `.* -m runtime\.mslite\.build`"):
+    with pytest.raises(ToolkitError, match=r"native bridge not built .* run `.* -m ms_ddpm\.runtime\.mslite\.build`"):
         predict_in_child(tiny_lite["dynamic"], _cases(1))

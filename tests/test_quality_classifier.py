@@ -3,11 +3,11 @@ import json
 
 import numpy as np
 
-from bench.quality import FeatureModel, labeled_images
+from ms_ddpm.bench.quality import FeatureModel, labeled_images
 
 
 def test_classifier_trains_and_exports_logits_and_features(tmp_path):
-    from bench.classifier import FEATURES, train_classifier
+    from ms_ddpm.bench.classifier import FEATURES, train_classifier
 
     out = tmp_path / "classifier.onnx"
     info = train_classifier(out, "digits", image_size=8, steps=60, batch=64, lr=2e-3, hflip=True, log=lambda line: None)

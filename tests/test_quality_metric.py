@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bench.quality import FeatureStats, class_histogram, classifier_score, frechet_distance
+from ms_ddpm.bench.quality import FeatureStats, class_histogram, classifier_score, frechet_distance
 
 
 def _features(n=4000, d=8, seed=0):
@@ -69,7 +69,7 @@ def test_feature_stats_rejects_bad_shapes():
 
 
 def test_bootstrap_sd_shrinks_with_more_samples():
-    from bench.quality import bootstrap_sd
+    from ms_ddpm.bench.quality import bootstrap_sd
 
     reference = FeatureStats.of(_features(n=20000, seed=1))
     small, large = (bootstrap_sd(_features(n=n, seed=2), reference, resamples=10) for n in (200, 5000))

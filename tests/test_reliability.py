@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from conftest import LITE_PLATFORM, REPO, run_cli, tiny_config
-from runtime.backends import Backend
-from runtime.errors import ToolkitError
-from runtime.files import atomic_path, sha256_file, write_text_atomic
-from runtime.manifest import Manifest, manifest_path_for
-from runtime.pipeline import Sampler
+from ms_ddpm.runtime.backends import Backend
+from ms_ddpm.runtime.errors import ToolkitError
+from ms_ddpm.runtime.files import atomic_path, sha256_file, write_text_atomic
+from ms_ddpm.runtime.manifest import Manifest, manifest_path_for
+from ms_ddpm.runtime.pipeline import Sampler
 
 LITE = pytest.mark.skipif(not LITE_PLATFORM, reason="MindSpore Lite's only PyPI wheel is x86_64 Linux")
 
@@ -31,9 +31,9 @@ def test_training_skips_short_non_finite_runs_and_stops_on_long_ones_keeping_a_g
     on; from step 8 on every batch is NaN, so after MAX_NONFINITE_STEPS training stops with one line."""
     import dataclasses
 
-    from train import trainer as trainer_module
-    from train.checkpoint import load_checkpoint
-    from train.data import load_images, to_model_range
+    from ms_ddpm.train import trainer as trainer_module
+    from ms_ddpm.train.checkpoint import load_checkpoint
+    from ms_ddpm.train.data import load_images, to_model_range
 
     config = tiny_config(loss_scale=True)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=30, checkpoint_every=2))
@@ -160,7 +160,7 @@ def test_the_external_data_walker_finds_what_onnx_finds(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    from runtime.onnx_external import external_locations
+    from ms_ddpm.runtime.onnx_external import external_locations
 
     def tensor(name):
         return numpy_helper.from_array(np.full(4, len(name), np.float32), name)
@@ -251,7 +251,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
 
 
 def test_the_training_log_is_cut_back_to_the_resumed_checkpoint(tmp_path):
-    from train.trainer import open_log
+    from ms_ddpm.train.trainer import open_log
 
     log = tmp_path / "train_log.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo')

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_clean_error, run_cli, tiny_config
-from runtime.backends import Backend
-from runtime.equivalence import MAX_ABS, PSNR_MIN_DB, compare_samples
-from runtime.files import sha256_file
-from runtime.manifest import manifest_path_for
-from runtime.pipeline import Sampler
+from ms_ddpm.runtime.backends import Backend
+from ms_ddpm.runtime.equivalence import MAX_ABS, PSNR_MIN_DB, compare_samples
+from ms_ddpm.runtime.files import sha256_file
+from ms_ddpm.runtime.manifest import manifest_path_for
+from ms_ddpm.runtime.pipeline import Sampler
 
 T = tiny_config().diffusion.timesteps
 
 
 def export_artifact(checkpoint: Path, out: Path, fmt: str = "onnx", batch: int | None = None) -> Path:
-    from export.pipeline import ExportRequest, export_checkpoint
+    from ms_ddpm.export.pipeline import ExportRequest, export_checkpoint
 
     return export_checkpoint(checkpoint, ExportRequest(format=fmt, out=out, batch=batch, gate=None), log=lambda _: None)
 
@@ -38,7 +38,7 @@ def sampler(tiny_onnx) -> Sampler:
 
 # ---- the same numbers as the MindSpore reference ---------------------------------------------------
 def test_seeded_noise_is_the_reference_samplers_noise(sampler):
-    from train.diffusion import draw_sampling_noise
+    from ms_ddpm.train.diffusion import draw_sampling_noise
 
     x_T, lazy_noise = sampler.draw_noise(3, T - 1, seed=7)
     ref_x_T, ref_noise = draw_sampling_noise(np.random.default_rng(7), (3, 1, 8, 8), T)
@@ -46,8 +46,8 @@ def test_seeded_noise_is_the_reference_samplers_noise(sampler):
 
 
 def test_ddpm_on_onnxruntime_matches_the_mindspore_reference(sampler, tiny_checkpoint):
-    from train.checkpoint import load_model
-    from train.diffusion import draw_sampling_noise, reference_sample
+    from ms_ddpm.train.checkpoint import load_model
+    from ms_ddpm.train.diffusion import draw_sampling_noise, reference_sample
 
     net, _ = load_model(tiny_checkpoint)
     x_T, step_noise = draw_sampling_noise(np.random.default_rng(0), (6, 1, 8, 8), T)
@@ -69,10 +69,10 @@ def test_verify_end_to_end_passes_for_the_source_checkpoint(tiny_onnx, tiny_chec
 def test_end_to_end_check_fails_for_other_weights(tiny_onnx, tmp_path):
     import mindspore as ms
 
-    from export.end_to_end import check_end_to_end
-    from runtime.errors import VerificationFailed
-    from train.checkpoint import save_checkpoint
-    from train.model import build_unet
+    from ms_ddpm.export.end_to_end import check_end_to_end
+    from ms_ddpm.runtime.errors import VerificationFailed
+    from ms_ddpm.train.checkpoint import save_checkpoint
+    from ms_ddpm.train.model import build_unet
 
     ms.set_seed(1)
     other = save_checkpoint(tmp_path / "other.ckpt", tiny_config(), step=0, net=build_unet(tiny_config().model))
@@ -137,9 +137,9 @@ def test_mindspore_backend_on_a_fixed_batch_mindir_matches_onnxruntime(tiny_chec
 def test_sampling_from_onnx_never_imports_mindspore(tiny_onnx):
     code = f"""
 import json, sys
-import runtime
+import ms_ddpm.runtime
 light = sorted(m for m in ("typer", "tqdm", "scipy", "onnxruntime", "mindspore", "PIL") if m in sys.modules)
-from runtime import Sampler
+from ms_ddpm.runtime import Sampler
 images = Sampler.load({str(tiny_onnx)!r}).sample(2, "dpmpp", steps=3)
 print(json.dumps({{"light": light, "shape": list(images.shape), "mindspore": "mindspore" in sys.modules}}))
 """

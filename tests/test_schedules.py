@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from runtime.config import SCHEDULES
-from runtime.errors import ToolkitError
-from runtime.schedules import ScheduleTables, beta_schedule, cosine_beta_schedule
+from ms_ddpm.runtime.config import SCHEDULES
+from ms_ddpm.runtime.errors import ToolkitError
+from ms_ddpm.runtime.schedules import ScheduleTables, beta_schedule, cosine_beta_schedule
 
 
 def test_linear_schedule_is_the_tutorials():
@@ -56,7 +56,7 @@ def test_q_sample_has_the_marginal_mean_and_variance():
     """x_t = sqrt(ab) x0 + sqrt(1 - ab) eps: for constant x0 the sample mean/std match the closed form."""
     from mindspore import Tensor
 
-    from train.diffusion import ForwardProcess
+    from ms_ddpm.train.diffusion import ForwardProcess
 
     tables = ScheduleTables.from_name("linear", 200)
     forward = ForwardProcess(tables)

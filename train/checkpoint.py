@@ -14,9 +14,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from runtime.config import Config
-from runtime.errors import ToolkitError
-from runtime.files import atomic_path, write_text_atomic
+from ..runtime.config import Config
+from ..runtime.errors import ToolkitError, first_line
+from ..runtime.files import atomic_path, write_text_atomic
 
 from .model import Unet, build_unet
 
@@ -84,7 +84,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         raw = ms.load_checkpoint(str(path))
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with long text
-        raise ToolkitError(f"corrupt or unreadable checkpoint: {path} ({_first_line(exc)})") from None
+        raise ToolkitError(f"corrupt or unreadable checkpoint: {path} ({first_line(exc)})") from None
     if CONFIG_KEY not in raw:
         raise ToolkitError(f"checkpoint has no embedded config (not written by this toolkit?): {path}")
     config = Config.from_json(raw.pop(CONFIG_KEY))
@@ -127,9 +127,4 @@ def load_model(path: str | Path) -> tuple[Unet, Checkpoint]:
     load_weights_into(net, checkpoint.inference_weights(), checkpoint.path)
     net.set_train(False)
     return net, checkpoint
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 

@@ -12,10 +12,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import typer
 
-from runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
-from runtime.errors import ToolkitError
-from runtime.files import check_output_dir
-from runtime.images import check_outputs, save_grid, save_samples, to_uint8
+from ..runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
+from ..runtime.errors import ToolkitError
+from ..runtime.files import check_output_dir
+from ..runtime.images import check_outputs, save_grid, save_samples, to_uint8
 
 from .launch import launch_workers, msrun_worker_count
 
@@ -127,7 +127,7 @@ def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Option
     check_outputs(out, gif, npz)
     from tqdm import tqdm
 
-    from runtime.schedules import ScheduleTables
+    from ..runtime.schedules import ScheduleTables
 
     from .checkpoint import load_model
     from .diffusion import draw_sampling_noise, reference_sample
@@ -186,7 +186,7 @@ def noise(
 def _q_sample(x0: np.ndarray, t: np.ndarray, schedule: str, timesteps: int, seed: int) -> np.ndarray:
     from mindspore import Tensor
 
-    from runtime.schedules import ScheduleTables
+    from ..runtime.schedules import ScheduleTables
 
     from .diffusion import ForwardProcess
 

@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from runtime.schedules import ScheduleTables
+from ..runtime.schedules import ScheduleTables
 
 
 class ForwardProcess(nn.Cell):

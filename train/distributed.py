@@ -19,8 +19,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from runtime.errors import ToolkitError
-from runtime.files import atomic_path
+from ..runtime.errors import ToolkitError
+from ..runtime.files import atomic_path
 
 from .launch import check_batch_split, msrun_worker_count
 

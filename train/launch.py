@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import typer
 
-from runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError
 
 MSRUN_VARIABLES = ("MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT")  # what msrun sets in each process
 LAUNCHER_OPTIONS = ("--workers", "--master-port")  # consumed here, not passed on to the workers

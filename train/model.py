@@ -26,7 +26,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, Uniform, initializer
 
-from runtime.config import ModelConfig
+from ..runtime.config import ModelConfig
 
 NORM_EPS = 1e-5
 

@@ -22,11 +22,11 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.amp import DynamicLossScaler, all_finite
 
-from runtime.config import Config
-from runtime.errors import ToolkitError
-from runtime.files import write_text_atomic
-from runtime.images import save_grid, to_uint8
-from runtime.schedules import ScheduleTables
+from ..runtime.config import Config
+from ..runtime.errors import ToolkitError
+from ..runtime.files import write_text_atomic
+from ..runtime.images import save_grid, to_uint8
+from ..runtime.schedules import ScheduleTables
 
 from . import CPU_DISPATCH_NOTE
 from .checkpoint import EMA_PREFIX, LATEST, load_checkpoint, load_weights_into, optimizer_state, save_checkpoint

@@ -1,7 +1,7 @@
 """MindSpore Lite for the toolkit: the `mslite` backend and the ONNX -> Lite converter.
 
 Lite is reached through the official `mindspore_lite` Python API where it imports, otherwise through
-a small native bridge over the PyPI 2.0.0 wheel's C++ libraries (build it: `python -m runtime.mslite.build`).
+a small native bridge over the PyPI 2.0.0 wheel's C++ libraries (build it: `python -m ms_ddpm.runtime.mslite.build`).
 Importing this package loads no Lite library, and its names are imported on first use, so that
 `python -m runtime.mslite.convert` (or .build, .child, .bench) runs without a double import.
 """
@@ -16,4 +16,4 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    raise AttributeError(f"module 'runtime.mslite' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Fetch the PyPI MindSpore Lite 2.0.0 wheel and compile the native bridge against it.
 
-    python -m runtime.mslite.build
+    python -m ms_ddpm.runtime.mslite.build
 
 Idempotent: a no-op (well under a second) when the wheel is unpacked and the bridge is up to date.
 The wheel's own Python binding is for CPython 3.7 only, so on any other Python the toolkit reaches
@@ -23,7 +23,7 @@ from ..errors import ToolkitError
 
 LITE_VERSION = "2.0.0"
 WHEEL_NAME = f"mindspore_lite-{LITE_VERSION}-cp37-cp37m-manylinux1_x86_64.whl"
-BUILD_COMMAND = f"{Path(sys.executable).name} -m runtime.mslite.build"
+BUILD_COMMAND = f"{Path(sys.executable).name} -m {__spec__.name}"
 SOURCE = Path(__file__).with_name("bridge.cpp")
 LIBRARIES = ("mindspore-extendrt_python", "mindspore_converter", "mindspore_core")
 

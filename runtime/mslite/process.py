@@ -2,22 +2,21 @@
 exit-time destructors have crashed): the one way both the converter and the predictor start one."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from typing import List
 
 from ..errors import ToolkitError
+from ..processes import module_command, quiet_env
 
 
 def run_child(module_args: List[str], timeout: float, what: str) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS...` with Lite's logging quiet; a timeout becomes a ToolkitError naming `what`."""
+    """`python -m <package>.MODULE ARGS...` with Lite's logging quiet; a timeout becomes a ToolkitError naming `what`."""
     try:
-        return subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "GLOG_v": os.environ.get("GLOG_v", "3")})
-    except subprocess.TimeoutExpired:
-        raise ToolkitError(f"{what} did not finish within {timeout:.0f} s") from None
+        return subprocess.run(module_command(*module_args), capture_output=True, text=True, timeout=timeout,
+                              env=quiet_env())
+    except subprocess.TimeoutExpired as exc:
+        raise ToolkitError(f"{what} did not finish within {timeout:.0f} s") from exc
 
 
 def signal_name(number: int) -> str:
