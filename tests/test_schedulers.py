@@ -1,5 +1,6 @@
-"""The numpy schedulers: hand-derived steps on a 3-step schedule, spacing rules, and sampling a
-Gaussian data distribution through its exact eps-oracle."""
+"""The numpy schedulers: hand-derived steps on a 3-step schedule, the step tables against the pre-table
+formulas, first-order reductions, spacing rules, and sampling a Gaussian data distribution through its
+exact eps-oracle. (Convergence orders: tests/test_scheduler_order.py.)"""
 from __future__ import annotations
 
 import math
@@ -9,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import ToolkitError
-from runtime.schedulers import (SCHEDULERS, SPACINGS, DDIMScheduler, DDPMScheduler, DPMSolverPlusPlusScheduler,
-                                make_scheduler, spaced_timesteps)
-from runtime.schedules import ScheduleTables
+from ms_ddpm.runtime.errors import ToolkitError
+from ms_ddpm.runtime.schedulers import (SCHEDULERS, SPACINGS, STEP_COLUMNS, DDIMScheduler, DDPMScheduler,
+                                        DPMSolverPlusPlusScheduler, StepTable, apply_step, make_scheduler,
+                                        spaced_timesteps)
+from ms_ddpm.runtime.schedules import ScheduleTables
 
 # betas 0.1, 0.2, 0.3 -> alphas 0.9, 0.8, 0.7 -> alphas_cumprod 0.9, 0.72, 0.504
 TINY = ScheduleTables.from_betas(np.array([0.1, 0.2, 0.3]))
@@ -102,10 +104,233 @@ def test_stochastic_steps_need_noise_and_say_how_many():
     ddpm = make_scheduler("ddpm", TINY)
     assert ddpm.noise_steps == 2 and make_scheduler("ddim", TINY, 3, eta=0.5).noise_steps == 2
     assert make_scheduler("ddim", TINY, 3).noise_steps == 0 and make_scheduler("dpmpp", TINY, 3).noise_steps == 0
+    assert make_scheduler("dpmpp-sde", TINY, 3).noise_steps == 2 and make_scheduler("dpmpp3m", TINY, 3).noise_steps == 0
     with pytest.raises(ValueError, match="noise"):
         ddpm.step(np.float32([EPS]), 2, np.float32([X]))
     with pytest.raises(ValueError, match="timestep 7"):
         ddpm.step(np.float32([EPS]), 7, np.float32([X]), np.float32([Z]))
+
+
+# ---- step tables and apply_step --------------------------------------------------------------------------
+LINEAR40 = ScheduleTables.from_name("linear", 40)
+COLUMN = {name: i for i, name in enumerate(STEP_COLUMNS)}
+HISTORY = {"ddpm": 0, "ddim": 0, "dpmpp": 1, "dpmpp-sde": 1, "dpmpp3m": 2}
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("steps", [1, 2, 3, 14, 15, 40])
+def test_tables_have_a_row_per_step_and_say_what_state_and_noise_they_need(name, steps):
+    scheduler = make_scheduler(name, LINEAR40, steps)
+    table = scheduler.table()
+    w = table.weights
+    assert w.shape == (steps, len(STEP_COLUMNS)) and w.dtype == np.float64 and table.timesteps.dtype == np.int64
+    assert table.timesteps.tolist() == scheduler.timesteps.tolist() and table.history == HISTORY[name]
+    assert table.noise_steps == scheduler.noise_steps == (steps - 1 if name in ("ddpm", "dpmpp-sde") else 0)
+    np.testing.assert_allclose(w[:, COLUMN["sqrt_abar"]], np.sqrt(LINEAR40.alphas_cumprod[table.timesteps]), rtol=1e-15)
+    np.testing.assert_allclose(w[:, COLUMN["sqrt_abar"]]**2 + w[:, COLUMN["sqrt_one_minus_abar"]]**2, 1.0, rtol=1e-14)
+    # a z on exactly the noise steps; previous x0s once they exist, never on the final step (it lands on x0),
+    # and for 3M below 15 steps not on the last but one (second order there)
+    assert np.all(w[:table.noise_steps, COLUMN["z"]] > 0) and not np.any(w[table.noise_steps:, COLUMN["z"]])
+    used = {column: np.flatnonzero(w[:, COLUMN[column]]).tolist() for column in ("x0_prev1", "x0_prev2")}
+    assert used["x0_prev1"] == (list(range(1, steps - 1)) if table.history else [])
+    assert used["x0_prev2"] == (list(range(2, steps - 1 - (steps < 15))) if table.history == 2 else [])
+
+
+@pytest.mark.parametrize("name, eta", [(name, 0.0) for name in SCHEDULERS] + [("ddim", 0.5)])
+def test_every_scheduler_lands_on_the_predicted_x0(name, eta):
+    scheduler = make_scheduler(name, LINEAR40, 6, eta=eta)
+    rng = np.random.default_rng(1)
+    for t in scheduler.timesteps:
+        x, eps, z = rng.standard_normal((3, 16))
+        x_next = scheduler.step(eps, int(t), x, z)
+    abar = LINEAR40.alphas_cumprod[t]
+    np.testing.assert_allclose(x_next, (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar), rtol=1e-12)
+
+
+def test_tables_are_read_only_copies_shared_by_every_run():
+    weights = np.zeros((2, len(STEP_COLUMNS)))
+    table = StepTable(np.array([5, 1]), weights, history=0, clip_x0=False, noise_steps=0)
+    weights[0, 0] = 1.0
+    assert table.weights[0, 0] == 0.0 and not table.weights.flags.writeable and not table.timesteps.flags.writeable
+    scheduler = make_scheduler("dpmpp3m", LINEAR40, 5)
+    assert scheduler.start().table() is scheduler.table()
+    with pytest.raises(ValueError, match="set_timesteps"):
+        DDPMScheduler(TINY).table()
+
+
+def weights_with(**columns: list) -> np.ndarray:
+    weights = np.zeros((2, len(STEP_COLUMNS)))
+    for name, values in columns.items():
+        weights[:, COLUMN[name]] = values
+    return weights
+
+
+@pytest.mark.parametrize("kwargs", [{"timesteps": np.array([5])}, {"history": 3}, {"noise_steps": 3},
+                                    {"weights": weights_with(z=[1.0, 1.0])},  # z on a step that gets none
+                                    {"weights": weights_with(x0_prev2=[0.0, 1.0]), "history": 1}])
+def test_inconsistent_tables_are_refused(kwargs):
+    fields = dict(timesteps=np.array([5, 1]), weights=weights_with(z=[1.0, 0.0], x0_prev1=[0.0, 1.0]), history=1,
+                  clip_x0=False, noise_steps=1)
+    StepTable(**fields)
+    with pytest.raises(ValueError, match="inconsistent step table"):
+        StepTable(**{**fields, **kwargs})
+
+
+# every column used, three steps: a z on the first, then one and two previous x0
+RAW = np.array([[0.6, 0.8, 1.1, -0.7, 0.9, 0.0, 0.0, 0.3],
+                [0.8, 0.6, 0.5, 0.2, 1.3, -0.4, 0.0, 0.0],
+                [0.96, 0.28, 0.1, 0.0, 1.5, -0.8, 0.3, 0.0]])
+
+
+def test_apply_step_is_the_documented_linear_combination_and_shifts_the_history():
+    table = StepTable(np.array([9, 5, 2]), RAW, history=2, clip_x0=False, noise_steps=1)
+    rng = np.random.default_rng(2)
+    history: tuple = ()
+    for i, w in enumerate(RAW):
+        x, eps, z = rng.standard_normal((3, 8), dtype=np.float32)
+        x_next, x0, new_history = apply_step(table, i, x, eps, history, z if i < table.noise_steps else None)
+        expected_x0 = (x - w[1] * eps) / w[0]
+        prev1, prev2 = (*history, 0.0, 0.0)[:2]
+        expected = w[2] * x + w[3] * eps + w[4] * expected_x0 + w[5] * prev1 + w[6] * prev2 + w[7] * z
+        assert x_next.dtype == np.float32 and x0.dtype == np.float32
+        np.testing.assert_allclose(x0, expected_x0, rtol=1e-6)
+        np.testing.assert_allclose(x_next, expected, rtol=1e-5, atol=1e-6)
+        assert new_history[0] is x0 and new_history[1:] == tuple(history[:1])
+        history = new_history
+
+
+def test_apply_step_starts_from_zero_history_wants_its_noise_and_steps_in_order():
+    table = StepTable(np.array([9, 5, 2]), RAW, history=2, clip_x0=False, noise_steps=1)
+    x, eps, z = np.random.default_rng(3).standard_normal((3, 8))
+    zeros = (np.zeros(8), np.zeros(8))
+    assert np.array_equal(apply_step(table, 0, x, eps, zeros, z)[0], apply_step(table, 0, x, eps, (), z)[0])
+    # step 2 takes no z: one passed is ignored
+    assert np.array_equal(apply_step(table, 2, x, eps, zeros, z)[0], apply_step(table, 2, x, eps, zeros)[0])
+    with pytest.raises(ValueError, match="pass its noise"):
+        apply_step(table, 0, x, eps)
+    with pytest.raises(ValueError, match="steps must come in order"):
+        apply_step(table, 2, x, eps, zeros[:1])
+    solver = make_scheduler("dpmpp", TINY, 3)
+    with pytest.raises(ValueError, match="steps must come in order"):
+        solver.step(eps, 1, x)
+
+
+def test_apply_step_clips_x0_and_rederives_eps():
+    w = np.zeros((1, len(STEP_COLUMNS)))
+    w[0, [COLUMN["sqrt_abar"], COLUMN["sqrt_one_minus_abar"], COLUMN["eps"]]] = 0.6, 0.8, 1.0
+    table = StepTable(np.array([3]), w, history=0, clip_x0=True, noise_steps=0)
+    x, eps = np.float32([0.0, 0.3, 2.0]), np.float32([-3.0, 0.1, 0.0])
+    x_next, x0, _ = apply_step(table, 0, x, eps)
+    np.testing.assert_allclose(x0, [1.0, (0.3 - 0.08) / 0.6, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(x_next, (x - 0.6 * x0) / 0.8, rtol=1e-6)
+
+
+# ---- the table-driven steps are the pre-table formulas ----------------------------------------------------
+class PreTableSteps:
+    """The step bodies of runtime/schedulers.py before the step tables (commit 403b46e), as the reference."""
+
+    def __init__(self, name: str, tables: ScheduleTables, timesteps: np.ndarray, eta: float, clip_x0: bool):
+        self.name, self.tables, self.timesteps, self.eta, self.clip_x0 = name, tables, list(timesteps), eta, clip_x0
+        self._last = None
+
+    def _abar(self, t):
+        i = self.timesteps.index(t)
+        prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else None
+        return float(self.tables.alphas_cumprod[t]), 1.0 if prev is None else float(self.tables.alphas_cumprod[prev])
+
+    def _predict(self, eps, x, abar):
+        x0 = (x - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)
+        if not self.clip_x0:
+            return x0, eps
+        x0 = np.clip(x0, -1.0, 1.0)
+        return x0, (x - math.sqrt(abar) * x0) / math.sqrt(1.0 - abar)
+
+    def step(self, eps, t, x, noise):
+        return getattr(self, self.name)(eps, t, x, noise)
+
+    def ddpm(self, eps, t, x, noise):
+        abar, abar_prev = self._abar(t)
+        if self.clip_x0:
+            _, eps = self._predict(eps, x, abar)
+        alpha = abar / abar_prev
+        beta = 1.0 - alpha
+        mean = (x - (beta / math.sqrt(1.0 - abar)) * eps) / math.sqrt(alpha)
+        if abar_prev == 1.0:
+            return mean
+        variance = beta * (1.0 - abar_prev) / (1.0 - abar)
+        return mean + math.sqrt(variance) * noise
+
+    def ddim(self, eps, t, x, noise):
+        abar, abar_prev = self._abar(t)
+        x0, eps = self._predict(eps, x, abar)
+        variance = self.eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
+        direction = math.sqrt(max(1.0 - abar_prev - variance, 0.0))
+        x_prev = math.sqrt(abar_prev) * x0 + direction * eps
+        if variance == 0.0:
+            return x_prev
+        return x_prev + math.sqrt(variance) * noise
+
+    def dpmpp(self, eps, t, x, noise):
+        half_log_snr = lambda abar: 0.5 * math.log(abar / (1.0 - abar))  # noqa: E731
+        abar, abar_prev = self._abar(t)
+        x0, _ = self._predict(eps, x, abar)
+        last, self._last = self._last, (x0, half_log_snr(abar))
+        if abar_prev == 1.0:
+            return x0
+        h = half_log_snr(abar_prev) - half_log_snr(abar)
+        if last is not None:
+            x0_last, lambda_last = last
+            half_inverse_r = 0.5 * h / (half_log_snr(abar) - lambda_last)
+            x0 = (1.0 + half_inverse_r) * x0 - half_inverse_r * x0_last
+        sigma_ratio = math.sqrt((1.0 - abar_prev) / (1.0 - abar))
+        return sigma_ratio * x - math.sqrt(abar_prev) * math.expm1(-h) * x0
+
+
+@pytest.mark.parametrize("timesteps, steps", [(3, 1), (3, 2), (3, 3), (40, 1), (40, 2), (40, 7), (40, 40),
+                                              (1000, 1), (1000, 3), (1000, 20)])
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("clip_x0", [False, True])
+@pytest.mark.parametrize("name, eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0), ("dpmpp", 0.0)])
+def test_table_steps_are_the_pre_table_formulas(timesteps, steps, spacing, clip_x0, name, eta):
+    """float64 inputs: in float32 both sides round x0 (up to ~300 at the first of 1-3 steps from t = 999)
+    differently, by a few ulps of it."""
+    tables = TINY if timesteps == 3 else ScheduleTables.from_name("linear", timesteps)
+    scheduler = make_scheduler(name, tables, steps, eta=eta, spacing=spacing, clip_x0=clip_x0)
+    reference = PreTableSteps(name, tables, scheduler.timesteps, eta, clip_x0)
+    rng = np.random.default_rng(steps)
+    for t in scheduler.timesteps:
+        x, eps, z = 1.5 * rng.standard_normal((3, 64))
+        assert np.abs(scheduler.step(eps, int(t), x, z) - reference.step(eps, int(t), x, z)).max() <= 1e-6
+
+
+# ---- first-order steps reduce to DDIM and DDPM --------------------------------------------------------------
+@pytest.mark.parametrize("steps", [2, 5, 20, 40])
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("clip_x0", [False, True])
+def test_first_steps_are_ddim_and_the_sde_first_step_is_ddpm(steps, spacing, clip_x0):
+    """First order, DPM-Solver++ is DDIM with eta = 0 and SDE-DPM-Solver++ is DDIM with eta = 1, which is
+    the (respaced) DDPM step: the same function of (x, eps, z), through different columns."""
+    def first_step(name, eta=0.0):
+        scheduler = make_scheduler(name, LINEAR40, steps, eta=eta, spacing=spacing, clip_x0=clip_x0)
+        return scheduler.step(eps, int(scheduler.timesteps[0]), x, z)
+
+    x, eps, z = 1.5 * np.random.default_rng(steps).standard_normal((3, 64))
+    np.testing.assert_allclose(first_step("dpmpp"), first_step("ddim"), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(first_step("dpmpp3m"), first_step("ddim"), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(first_step("dpmpp-sde"), first_step("ddpm"), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(first_step("dpmpp-sde"), first_step("ddim", eta=1.0), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [4, 14, 15, 20])
+def test_3m_is_2m_on_its_second_step_and_below_15_steps_on_the_last_but_one(steps):
+    two, three = make_scheduler("dpmpp", LINEAR40, steps), make_scheduler("dpmpp3m", LINEAR40, steps)
+    rng = np.random.default_rng(steps)
+    differs = []
+    for i, t in enumerate(two.timesteps):
+        x, eps = rng.standard_normal((2, 16))
+        if not np.array_equal(two.step(eps, int(t), x), three.step(eps, int(t), x)):
+            differs.append(i)
+    assert differs == list(range(2, steps - 1 - (steps < 15)))  # the third-order steps
 
 
 # ---- timestep spacing --------------------------------------------------------------------------------
@@ -163,7 +388,8 @@ def run_with_oracle(scheduler, x: np.ndarray, rng: np.random.Generator) -> np.nd
 
 
 @pytest.mark.parametrize("name, steps, eta", [("ddpm", None, 0.0), ("ddpm", 250, 0.0), ("ddim", 200, 0.0),
-                                              ("ddim", 250, 1.0), ("dpmpp", 25, 0.0)])
+                                              ("ddim", 250, 1.0), ("dpmpp", 25, 0.0), ("dpmpp-sde", 25, 0.0),
+                                              ("dpmpp3m", 50, 0.0)])
 def test_every_sampler_recovers_the_data_mean_and_variance(name, steps, eta):
     rng = np.random.default_rng(0)
     x = run_with_oracle(make_scheduler(name, LONG, steps, eta=eta), rng.standard_normal(40_000, dtype=np.float32), rng)
