@@ -26,7 +26,7 @@ from typing import List, Optional
 
 import typer
 
-from .runtime.errors import ToolkitError
+from .runtime.errors import ToolkitError, run_main
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and deploy the MindSpore tutorial's DDPM.")
@@ -99,11 +99,7 @@ def _refuse_runtime_options(ctx: typer.Context) -> None:
 
 def main() -> None:
     """Run the CLI; our errors become one line on stderr and their exit code, never a traceback."""
-    try:
-        app(prog_name="ms-ddpm" if Path(sys.argv[0]).name == "ms-ddpm" else "python cli.py")  # click exits on usage errors (2)
-    except ToolkitError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    run_main(lambda: app(prog_name="ms-ddpm" if Path(sys.argv[0]).name == "ms-ddpm" else "python cli.py"))
 
 
 if __name__ == "__main__":

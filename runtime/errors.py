@@ -1,4 +1,16 @@
-"""The error types users see: a clear, one-line message; the CLI prints it and exits with `exit_code`."""
+"""The error types users see: a clear, one-line message; the CLI prints it and exits with `exit_code`.
+
+Every entry point (the CLI and each child-process module) runs through `run_main`, so an error is one
+`error: ...` line on stderr by default; with MS_DDPM_DEBUG=1 the full chained traceback comes first.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable, NoReturn
+
+DEBUG_ENV = "MS_DDPM_DEBUG"
 
 
 class ToolkitError(Exception):
@@ -17,3 +29,23 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """A library exception's first line, for one-line error messages."""
     text = str(exc).strip().splitlines()
     return text[0][:limit] if text else type(exc).__name__
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def exit_with(exc: ToolkitError) -> NoReturn:
+    """Print `error: <message>` (after the chained traceback when debugging) and exit with the error's code."""
+    if debug_enabled():
+        traceback.print_exception(exc)
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run an entry point; a ToolkitError becomes one `error:` line and its exit code, never a traceback."""
+    try:
+        main()
+    except ToolkitError as exc:
+        exit_with(exc)
