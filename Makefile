@@ -19,6 +19,14 @@ setup: $(VENV)/.installed
 mslite: setup
 	$(PY) -m ms_ddpm.runtime.mslite.build
 
+# The C++ host runtime/hosts/cpp/build/ddpm-sample on the Lite wheel's C++ API (after mslite, which fetches the wheel).
+# Its JSON reader and PNG writer come from Debian: installed with apt-get (as root) where missing.
+.PHONY: hosts
+hosts: mslite
+	dpkg -s nlohmann-json3-dev libpng-dev >/dev/null 2>&1 || (apt-get update && apt-get install -y nlohmann-json3-dev libpng-dev)
+	$(MAKE) -C runtime/hosts/cpp LITE="$$($(PY) -c 'from ms_ddpm.runtime.mslite.build import lite_root; print(lite_root())')"
+test demo: hosts
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -1,0 +1,295 @@
+// ddpm-sample: sample images from a sampler-step artifact on MindSpore Lite, with no Python and no diffusion
+// math. The artifact (export --sampler NAME --format mslite) holds the U-Net and one scheduler step; its
+// manifest <model>.json says how many steps to run and how many of them take noise. The whole loop:
+//
+//   x = x_T; state = 0
+//   for i in 0 .. steps-1:  x, x0, state = model(x, i, z_i if i < noise_steps else 0, state)
+//   grid.png = to_uint8(x)
+//
+// Noise: ddpm::NoiseStream(seed), x_T first, then z_i, each N*C*H*W values in C order; or, with --noise,
+// a float32 .npy of shape (1 + noise_steps, N, C, H, W) holding x_T and then z_0, z_1, ...
+// Build: `make hosts` at the repository root (runtime/hosts/cpp/Makefile).
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "files.hpp"
+#include "grid.hpp"
+#include "lite_log.hpp"
+#include "include/api/context.h"
+#include "include/api/model.h"
+#include "include/api/status.h"
+#include "include/api/types.h"
+#include "noise.hpp"
+#include "npy.hpp"
+#include "sha256.hpp"
+
+namespace {
+namespace ms = mindspore;
+using ddpm::Failure;
+using Clock = std::chrono::steady_clock;
+
+const char* const USAGE =
+    "usage: ddpm-sample --model MODEL.lite.mindir --out GRID.png [--n N] [--seed S] [--noise NOISE.npy]\n"
+    "                   [--frames DIR] [--dump-float X.npy] [--threads T]\n"
+    "  --n N          images (default 16; with --noise, the file's N)\n"
+    "  --seed S       seed of the portable noise stream (default 0)\n"
+    "  --noise FILE   x_T and each noisy step's z instead: float32 (1 + noise_steps, N, C, H, W)\n"
+    "  --frames DIR   also write each step's x0 prediction as DIR/x0_000.png, ...\n"
+    "  --dump-float F the final x as float32 (N, C, H, W) .npy\n"
+    "  --threads T    Lite's CPU threads (default: Lite's own)\n";
+
+struct Options {
+    std::string model, out, noise, frames, dump_float;
+    int64_t n = -1;  // -1: not given
+    unsigned long long seed = 0;
+    int threads = 0;
+};
+
+unsigned long long parse_number(const std::string& flag, const char* text, unsigned long long min, unsigned long long max) {
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long value = std::strtoull(text, &end, 10);
+    if (!*text || *end || errno || text[0] == '-' || value < min || value > max)
+        throw Failure(flag + " must be an integer in [" + std::to_string(min) + ", " + std::to_string(max) + "], got '" +
+                      text + "'");
+    return value;
+}
+
+Options parse_args(int argc, char** argv) {
+    Options options;
+    for (int i = 1; i < argc; ++i) {
+        const std::string flag = argv[i];
+        if (flag == "--help" || flag == "-h") {
+            std::fputs(USAGE, stdout);
+            std::exit(0);
+        }
+        if (i + 1 >= argc) throw Failure(flag.rfind("--", 0) == 0 ? flag + " needs a value" : "unexpected argument " + flag);
+        const char* value = argv[++i];
+        if (flag == "--model") options.model = value;
+        else if (flag == "--out") options.out = value;
+        else if (flag == "--noise") options.noise = value;
+        else if (flag == "--frames") options.frames = value;
+        else if (flag == "--dump-float") options.dump_float = value;
+        else if (flag == "--n") options.n = parse_number(flag, value, 1, 1u << 20);
+        else if (flag == "--seed") options.seed = parse_number(flag, value, 0, ~0ull);
+        else if (flag == "--threads") options.threads = int(parse_number(flag, value, 1, 1024));
+        else throw Failure("unknown option " + flag + " (see --help)");
+    }
+    if (options.model.empty() || options.out.empty()) throw Failure("--model and --out are required (see --help)");
+    return options;
+}
+
+// What the host needs from the manifest <model>.json.
+struct Manifest {
+    std::string sha256, sampler;
+    int channels = 0, size = 0, steps = 0, noise_steps = 0, slots = 0;
+    long long fixed_batch = 0;  // 0: any batch
+};
+
+Manifest read_manifest(const std::string& path) {
+    const std::vector<unsigned char> bytes = ddpm::read_bytes(path, "manifest");
+    try {
+        const nlohmann::json data = nlohmann::json::parse(bytes.begin(), bytes.end());
+        const nlohmann::json& sampler = data.at("sampler");
+        const nlohmann::json& model = data.at("config").at("model");
+        Manifest manifest;
+        manifest.sha256 = data.at("artifact_sha256").get<std::string>();
+        manifest.sampler = sampler.at("name").get<std::string>();
+        manifest.channels = model.at("channels").get<int>();
+        manifest.size = model.at("image_size").get<int>();
+        manifest.steps = sampler.at("steps").get<int>();
+        manifest.noise_steps = sampler.at("noise_steps").get<int>();
+        manifest.slots = sampler.at("state_shape").at(0).get<int>();
+        if (data.at("batch").at("policy") == "fixed") manifest.fixed_batch = data["batch"].at("size").get<long long>();
+        if (manifest.channels < 1 || manifest.size < 1 || manifest.steps < 1 || manifest.slots < 1 ||
+            manifest.noise_steps < 0 || manifest.noise_steps > manifest.steps)
+            throw Failure("manifest " + path + ": inconsistent sizes (channels, image_size, steps, noise_steps, state_shape)");
+        return manifest;
+    } catch (const nlohmann::json::exception& exc) {
+        throw Failure("manifest " + path + " is not a sampler-step manifest: " + exc.what());
+    }
+}
+
+std::string describe(const ms::Status& status) {
+    const std::string text = status.ToString();
+    return text.empty() ? "status code " + std::to_string(static_cast<int>(status.StatusCode())) : text;
+}
+
+// The step model on Lite: inputs x, i, z, state; outputs x_next, x0, state_next (found by name).
+class StepModel {
+public:
+    StepModel(const std::vector<unsigned char>& bytes, int threads) {
+        auto context = std::make_shared<ms::Context>();
+        if (threads > 0) context->SetThreadNum(threads);
+        context->MutableDeviceInfo().push_back(std::make_shared<ms::CPUDeviceInfo>());
+        const ms::Status status = model_.Build(bytes.data(), bytes.size(), ms::ModelType::kMindIR, context);
+        if (!status.IsOk()) throw Failure("MindSpore Lite cannot load the model: " + describe(status));
+    }
+
+    void resize(const std::vector<int64_t>& image, int slots) {
+        std::vector<int64_t> state{slots};
+        state.insert(state.end(), image.begin(), image.end());
+        const std::vector<ms::MSTensor> inputs = model_.GetInputs();
+        std::vector<std::vector<int64_t>> shapes;
+        for (const ms::MSTensor& tensor : inputs) {
+            const std::string name = tensor.Name();
+            shapes.push_back(name == "i" ? std::vector<int64_t>{1} : name == "state" ? state : image);
+        }
+        const ms::Status status = model_.Resize(inputs, shapes);
+        if (!status.IsOk()) throw Failure("MindSpore Lite cannot resize the model: " + describe(status));
+    }
+
+    // One step: x and state are replaced by x_next and state_next; x0 receives the step's x0 prediction.
+    void step(std::vector<float>& x, int index, const std::vector<float>& z, std::vector<float>& state,
+              std::vector<float>& x0) {
+        std::vector<ms::MSTensor> inputs = model_.GetInputs();
+        for (ms::MSTensor& tensor : inputs) {
+            const std::string name = tensor.Name();
+            if (name == "i") set_index(tensor, index);
+            else if (name == "x") fill(tensor, x);
+            else if (name == "z") fill(tensor, z);
+            else if (name == "state") fill(tensor, state);
+            else throw Failure("the model has an unexpected input '" + name + "': not a sampler-step artifact");
+        }
+        std::vector<ms::MSTensor> outputs;
+        const ms::Status status = model_.Predict(inputs, &outputs);
+        if (!status.IsOk()) throw Failure("MindSpore Lite inference failed at step " + std::to_string(index) + ": " +
+                                          describe(status));
+        read(outputs, "x_next", x);
+        read(outputs, "x0", x0);
+        read(outputs, "state_next", state);
+    }
+
+private:
+    static void set_index(ms::MSTensor& tensor, int index) {
+        if (tensor.DataType() == ms::DataType::kNumberTypeInt32 && tensor.DataSize() == sizeof(int32_t)) {
+            const int32_t value = index;
+            std::memcpy(tensor.MutableData(), &value, sizeof value);
+        } else if (tensor.DataType() == ms::DataType::kNumberTypeInt64 && tensor.DataSize() == sizeof(int64_t)) {
+            const int64_t value = index;
+            std::memcpy(tensor.MutableData(), &value, sizeof value);
+        } else {
+            throw Failure("the model's step index input 'i' is not one int32 or int64");
+        }
+    }
+
+    static void fill(ms::MSTensor& tensor, const std::vector<float>& values) {
+        if (tensor.DataType() != ms::DataType::kNumberTypeFloat32 || tensor.DataSize() != values.size() * sizeof(float))
+            throw Failure("the model's input '" + tensor.Name() + "' does not have the manifest's shape (float32, " +
+                          std::to_string(values.size()) + " values)");
+        std::memcpy(tensor.MutableData(), values.data(), values.size() * sizeof(float));
+    }
+
+    static void read(std::vector<ms::MSTensor>& outputs, const std::string& name, std::vector<float>& values) {
+        for (ms::MSTensor& tensor : outputs) {
+            if (tensor.Name() != name) continue;
+            if (tensor.DataType() != ms::DataType::kNumberTypeFloat32 || tensor.DataSize() != values.size() * sizeof(float))
+                throw Failure("the model's output '" + name + "' does not have the manifest's shape");
+            std::memcpy(values.data(), tensor.MutableData(), values.size() * sizeof(float));
+            return;
+        }
+        throw Failure("the model has no output '" + name + "': not a sampler-step artifact");
+    }
+
+    ms::Model model_;
+};
+
+// x_T and each noisy step's z: from the seed's stream, or from a .npy.
+class Noise {
+public:
+    Noise(const Options& options, const Manifest& manifest, int64_t& n) : stream_(options.seed) {
+        if (options.noise.empty()) return;
+        file_ = ddpm::read_npy(options.noise);
+        const int64_t file_n = file_.shape.size() == 5 ? file_.shape[1] : -1;
+        if (n < 0) n = file_n;
+        const std::vector<int64_t> expected{1 + manifest.noise_steps, n, manifest.channels, manifest.size, manifest.size};
+        if (file_.shape != expected)
+            throw Failure("noise file " + options.noise + " has shape " + ddpm::shape_text(file_.shape) + ", expected " +
+                          ddpm::shape_text(expected) + " (x_T, then z for each of the " +
+                          std::to_string(manifest.noise_steps) + " noisy steps)");
+    }
+
+    void draw(std::vector<float>& out) {
+        if (file_.data.empty()) return stream_.draw(out.data(), out.size());
+        std::copy_n(file_.data.begin() + offset_, out.size(), out.begin());
+        offset_ += out.size();
+    }
+
+private:
+    ddpm::NoiseStream stream_;
+    ddpm::FloatArray file_;
+    size_t offset_ = 0;
+};
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+std::string frame_path(const std::string& dir, int step) {
+    char name[32];
+    std::snprintf(name, sizeof name, "/x0_%03d.png", step);
+    return dir + name;
+}
+
+int run(const Options& options) {
+    const Clock::time_point started = Clock::now();
+    const std::vector<unsigned char> bytes = ddpm::read_bytes(options.model, "model");
+    const Manifest manifest = read_manifest(options.model + ".json");
+    if (ddpm::sha256_hex(bytes) != manifest.sha256)
+        throw Failure("the model " + options.model + " does not match its manifest (sha256 differs from artifact_sha256)");
+    int64_t n = options.n;
+    Noise noise(options, manifest, n);
+    if (n < 0) n = 16;
+    if (manifest.fixed_batch && n != manifest.fixed_batch)
+        throw Failure("this artifact takes exactly " + std::to_string(manifest.fixed_batch) + " images, not " + std::to_string(n));
+    ddpm::check_writable(options.out);
+    if (!options.dump_float.empty()) ddpm::check_writable(options.dump_float);
+    if (!options.frames.empty()) {
+        if (mkdir(options.frames.c_str(), 0777) != 0 && errno != EEXIST)
+            throw Failure("cannot create the frames directory " + options.frames + " (" + ddpm::reason() + ")");
+        ddpm::check_writable(frame_path(options.frames, 0));
+    }
+
+    const int c = manifest.channels, h = manifest.size, w = manifest.size;
+    StepModel model(bytes, options.threads);
+    if (!manifest.fixed_batch) model.resize({n, c, h, w}, manifest.slots);
+    const double load_s = seconds_since(started);
+
+    const size_t count = size_t(n) * c * h * w;
+    std::vector<float> x(count), z(count, 0.0f), x0(count), state(count * manifest.slots, 0.0f);
+    noise.draw(x);
+    const Clock::time_point loop_start = Clock::now();
+    for (int i = 0; i < manifest.steps; ++i) {
+        if (i < manifest.noise_steps) noise.draw(z);
+        else std::fill(z.begin(), z.end(), 0.0f);
+        model.step(x, i, z, state, x0);
+        if (!options.frames.empty()) ddpm::save_grid(frame_path(options.frames, i), ddpm::to_uint8(x0.data(), n, c, h, w), n, c, h, w);
+    }
+    const double loop_s = seconds_since(loop_start);
+
+    ddpm::save_grid(options.out, ddpm::to_uint8(x.data(), n, c, h, w), n, c, h, w);
+    if (!options.dump_float.empty()) ddpm::write_npy(options.dump_float, {n, c, h, w}, x.data());
+    std::printf("%lld images, %s, %d steps: load %.3f s, %.2f ms/step, %.3f s in all -> %s\n", static_cast<long long>(n),
+                manifest.sampler.c_str(), manifest.steps, load_s, 1e3 * loop_s / manifest.steps,
+                seconds_since(started), options.out.c_str());
+    return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+    ddpm::LiteLog log;
+    try {
+        return run(parse_args(argc, argv));
+    } catch (const std::exception& exc) {  // a Failure, or the library's own (e.g. std::bad_alloc)
+        const std::string logged = log.stop();
+        std::fprintf(stderr, "error: %s%s\n", exc.what(), logged.empty() ? "" : (" (" + logged + ")").c_str());
+    }
+    return 2;
+}
