@@ -36,6 +36,7 @@ namespace {
 namespace ms = mindspore;
 using ddpm::Failure;
 using Clock = std::chrono::steady_clock;
+const int64_t kDefaultImages = 16;
 
 const char* const USAGE =
     "usage: ddpm-sample --model MODEL.lite.mindir --out GRID.png [--n N] [--seed S] [--noise NOISE.npy]\n"
@@ -209,8 +210,7 @@ public:
     Noise(const Options& options, const Manifest& manifest, int64_t& n) : stream_(options.seed) {
         if (options.noise.empty()) return;
         file_ = ddpm::read_npy(options.noise);
-        const int64_t file_n = file_.shape.size() == 5 ? file_.shape[1] : -1;
-        if (n < 0) n = file_n;
+        if (n < 0) n = file_.shape.size() == 5 ? file_.shape[1] : kDefaultImages;
         const std::vector<int64_t> expected{1 + manifest.noise_steps, n, manifest.channels, manifest.size, manifest.size};
         if (file_.shape != expected)
             throw Failure("noise file " + options.noise + " has shape " + ddpm::shape_text(file_.shape) + ", expected " +
@@ -246,7 +246,7 @@ int run(const Options& options) {
         throw Failure("the model " + options.model + " does not match its manifest (sha256 differs from artifact_sha256)");
     int64_t n = options.n;
     Noise noise(options, manifest, n);
-    if (n < 0) n = 16;
+    if (n < 0) n = kDefaultImages;
     if (manifest.fixed_batch && n != manifest.fixed_batch)
         throw Failure("this artifact takes exactly " + std::to_string(manifest.fixed_batch) + " images, not " + std::to_string(n));
     ddpm::check_writable(options.out);

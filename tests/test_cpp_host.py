@@ -1,0 +1,227 @@
+"""The C++ host (runtime/hosts/cpp, `ddpm-sample`) on MindSpore Lite against the Python loop on the same Lite
+sampler-step artifact: same noise file or same seed, same images. The host always runs here without
+Python: PATH holds an empty folder and the environment has no PYTHONPATH.
+
+Step artifacts: the tiny checkpoint (T = 10) as DDPM-T, and DDIM and DPM-Solver++ at fewer steps than T
+(standing for DDIM-50 and DPM-Solver++-20 on a model with T >= 50).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import LITE_PLATFORM, REPO, assert_clean_error
+from ms_ddpm.runtime.images import save_grid, to_uint8
+from ms_ddpm.runtime.noise import NoiseStream
+
+pytestmark = pytest.mark.skipif(not LITE_PLATFORM, reason="MindSpore Lite's only PyPI wheel is for x86_64 Linux")
+
+HOST_DIR = REPO / "runtime" / "hosts" / "cpp"
+SAMPLERS = {"ddpm": 10, "ddim": 7, "dpmpp": 5}  # name -> steps (the tiny model has T = 10)
+N = 16
+ATOL = 1e-4  # max abs of the final float x
+UINT8_EQUAL = 0.999  # share of equal uint8 pixels
+
+
+@pytest.fixture(scope="module")
+def host() -> Path:
+    """The host, built by its Makefile against the Lite wheel (a no-op when up to date, as `make hosts` leaves it)."""
+    from ms_ddpm.runtime.mslite.build import ensure_bridge, lite_root
+
+    ensure_bridge()
+    result = subprocess.run(["make", "-s", "-C", str(HOST_DIR), f"LITE={lite_root()}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return HOST_DIR / "build" / "ddpm-sample"
+
+
+@pytest.fixture(scope="module")
+def step_artifacts(tiny_exports, tmp_path_factory) -> Dict[str, Path]:
+    """One Lite sampler-step artifact per sampler, with its manifest (the U-Net's, plus a `sampler` section)."""
+    import onnx
+
+    from ms_ddpm.export.sampler_step import build_step_model, step_model_io
+    from ms_ddpm.runtime.manifest import Manifest, manifest_path_for
+    from ms_ddpm.runtime.mslite.convert import convert_onnx
+    from ms_ddpm.runtime.schedulers import make_scheduler
+
+    folder = tmp_path_factory.mktemp("steps")
+    unet_path = tiny_exports["onnx"]
+    unet, base = onnx.load(unet_path), Manifest.load(manifest_path_for(unet_path))
+    artifacts = {}
+    for name, steps in SAMPLERS.items():
+        table = make_scheduler(name, base.tables(), steps).table()
+        step = build_step_model(unet, table, name)
+        onnx.save(step, folder / f"{name}.onnx")
+        lite = convert_onnx(folder / f"{name}.onnx", folder / f"{name}.lite.mindir")
+        inputs, outputs = step_model_io(step)
+        manifest = {**json.loads(base.to_json()), "format": "mslite", "artifact": lite.name,
+                    "artifact_sha256": hashlib.sha256(lite.read_bytes()).hexdigest(),
+                    "inputs": [asdict(s) for s in inputs], "outputs": [asdict(s) for s in outputs],
+                    "sampler": {"name": name, "steps": steps, "noise_steps": table.noise_steps,
+                                "history": table.history, "state_shape": [max(table.history, 1), "batch", 1, 8, 8]}}
+        manifest_path_for(lite).write_text(json.dumps(manifest))
+        artifacts[name] = lite
+    return artifacts
+
+
+def run_host(host: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+    """ddpm-sample ARGS with no Python reachable: PATH is an empty folder, no PYTHONPATH."""
+    empty = cwd / "empty-path"
+    empty.mkdir(exist_ok=True)
+    return subprocess.run([str(host), *map(str, args)], cwd=cwd, env={"PATH": str(empty)}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def run_python(model: Path, noise: np.ndarray, work: Path) -> Dict[str, np.ndarray]:
+    """The Python loop (tests/lite_step_loop.py) on the same artifact, in a child process."""
+    np.save(work / "noise.npy", noise)
+    result = subprocess.run([sys.executable, str(Path(__file__).with_name("lite_step_loop.py")), str(model),
+                             str(work / "noise.npy"), str(work / "python.npz")],
+                            capture_output=True, text=True, timeout=300, env={"GLOG_v": "3", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(work / "python.npz") as data:
+        return dict(data)
+
+
+def sampler_section(model: Path) -> dict:
+    return json.loads(Path(f"{model}.json").read_text())["sampler"]
+
+
+def noise_shape(model: Path) -> tuple:
+    return (1 + sampler_section(model)["noise_steps"], N, 1, 8, 8)
+
+
+def assert_same_images(cpp: np.ndarray, python: np.ndarray) -> None:
+    assert cpp.shape == python.shape == (N, 1, 8, 8)
+    assert np.abs(cpp - python).max() <= ATOL
+    assert np.mean(to_uint8(cpp) == to_uint8(python)) >= UINT8_EQUAL
+
+
+def grid_pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_same_noise_file_same_images(name, host, step_artifacts, tmp_path):
+    model = step_artifacts[name]
+    noise = np.random.default_rng(7).standard_normal(noise_shape(model)).astype(np.float32)
+    python = run_python(model, noise, tmp_path)
+    result = run_host(host, "--model", model, "--noise", tmp_path / "noise.npy", "--out", "grid.png",
+                      "--dump-float", "x.npy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cpp = np.load(tmp_path / "x.npy")
+    assert_same_images(cpp, python["x"])
+    save_grid(tmp_path / "python-layout.png", to_uint8(cpp))  # runtime/images.py's layout, of the host's floats
+    np.testing.assert_array_equal(grid_pixels(tmp_path / "grid.png"), grid_pixels(tmp_path / "python-layout.png"))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_seed_draws_the_portable_noise(name, host, step_artifacts, tmp_path):
+    """--seed: x_T, then z for each noisy step, from ddpm::NoiseStream, as runtime.noise.NoiseStream draws them."""
+    model = step_artifacts[name]
+    stream = NoiseStream(3)
+    noise = np.stack([stream.draw((N, 1, 8, 8)) for _ in range(noise_shape(model)[0])])
+    python = run_python(model, noise, tmp_path)
+    result = run_host(host, "--model", model, "--seed", 3, "--n", N, "--out", "grid.png", "--dump-float", "x.npy",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_same_images(np.load(tmp_path / "x.npy"), python["x"])
+
+
+def test_frames_are_the_x0_previews(host, step_artifacts, tmp_path):
+    model = step_artifacts["ddpm"]
+    noise = np.random.default_rng(8).standard_normal(noise_shape(model)).astype(np.float32)
+    python = run_python(model, noise, tmp_path)
+    result = run_host(host, "--model", model, "--noise", tmp_path / "noise.npy", "--out", "grid.png",
+                      "--frames", "frames", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    frames = sorted((tmp_path / "frames").iterdir())
+    assert [f.name for f in frames] == [f"x0_{i:03d}.png" for i in range(SAMPLERS["ddpm"])]
+    for frame, x0 in zip(frames, python["x0"]):
+        save_grid(tmp_path / "expected.png", to_uint8(x0))
+        assert np.mean(grid_pixels(frame) == grid_pixels(tmp_path / "expected.png")) >= UINT8_EQUAL
+
+
+def test_the_host_links_no_python(host):
+    result = subprocess.run(["ldd", str(host)], capture_output=True, text=True)
+    assert result.returncode == 0 and "libmindspore-extendrt_python" in result.stdout
+    assert "libpython" not in result.stdout
+
+
+# ---- bad input: one error line, exit 2, no output file -------------------------------------------------
+
+
+@pytest.fixture
+def damaged(step_artifacts, tmp_path) -> Path:
+    """A private copy of the DDPM artifact and its manifest, to damage."""
+    model = tmp_path / "model.lite.mindir"
+    model.write_bytes(step_artifacts["ddpm"].read_bytes())
+    Path(f"{model}.json").write_text(Path(f"{step_artifacts['ddpm']}.json").read_text())
+    return model
+
+
+def assert_refused(result: subprocess.CompletedProcess, folder: Path, *fragments: str) -> None:
+    assert_clean_error(result, *fragments)
+    assert not (folder / "grid.png").exists()
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_missing_model(host, tmp_path):
+    assert_refused(run_host(host, "--model", "nowhere.lite.mindir", "--out", "grid.png", cwd=tmp_path), tmp_path,
+                   "model not found", "nowhere.lite.mindir")
+
+
+def test_model_that_does_not_match_its_manifest(host, damaged, tmp_path):
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert_refused(run_host(host, "--model", damaged, "--out", "grid.png", cwd=tmp_path), tmp_path,
+                   "does not match its manifest", "sha256")
+
+
+def test_manifest_without_sampler(host, damaged, tmp_path):
+    manifest = json.loads(Path(f"{damaged}.json").read_text())
+    del manifest["sampler"]
+    Path(f"{damaged}.json").write_text(json.dumps(manifest))
+    assert_refused(run_host(host, "--model", damaged, "--out", "grid.png", cwd=tmp_path), tmp_path,
+                   "not a sampler-step manifest")
+
+
+@pytest.mark.parametrize("shape", [(10, N, 1, 8, 7), (9, N, 1, 8, 8), (N, 1, 8, 8)])
+def test_noise_of_the_wrong_shape(host, damaged, tmp_path, shape):
+    np.save(tmp_path / "noise.npy", np.zeros(shape, np.float32))
+    assert_refused(run_host(host, "--model", damaged, "--noise", "noise.npy", "--out", "grid.png", cwd=tmp_path),
+                   tmp_path, "noise file noise.npy has shape", "expected (10, 16, 1, 8, 8)")
+
+
+def test_noise_of_the_wrong_type(host, damaged, tmp_path):
+    np.save(tmp_path / "noise.npy", np.zeros((10, N, 1, 8, 8), np.float64))
+    assert_refused(run_host(host, "--model", damaged, "--noise", "noise.npy", "--out", "grid.png", cwd=tmp_path),
+                   tmp_path, "must hold float32")
+
+
+@pytest.mark.parametrize("out", ["missing-folder/grid.png", "a-file/grid.png", "."])
+def test_unwritable_output(host, damaged, tmp_path, out):
+    (tmp_path / "a-file").write_text("not a folder")
+    assert_refused(run_host(host, "--model", damaged, "--out", out, cwd=tmp_path), tmp_path, "output")
+
+
+def test_unwritable_float_dump_writes_no_grid(host, damaged, tmp_path):
+    assert_refused(run_host(host, "--model", damaged, "--out", "grid.png", "--dump-float", "missing/x.npy",
+                            cwd=tmp_path), tmp_path, "output directory does not exist")
+
+
+@pytest.mark.parametrize("args, fragment", [(["--n", "0"], "--n must be an integer"), (["--seed", "-1"], "--seed"),
+                                            (["--bogus", "1"], "unknown option --bogus"), (["--n"], "--n needs a value")])
+def test_bad_arguments(host, damaged, tmp_path, args, fragment):
+    assert_refused(run_host(host, "--model", damaged, "--out", "grid.png", *args, cwd=tmp_path), tmp_path, fragment)
