@@ -210,10 +210,13 @@ def test_noise_of_the_wrong_type(host, damaged, tmp_path):
                    tmp_path, "must hold float32")
 
 
-@pytest.mark.parametrize("out", ["missing-folder/grid.png", "a-file/grid.png", "."])
+@pytest.mark.parametrize("out", ["missing-folder/grid.png", "a-file/grid.png", "folder.png", "grid.jpg"])
 def test_unwritable_output(host, damaged, tmp_path, out):
     (tmp_path / "a-file").write_text("not a folder")
-    assert_refused(run_host(host, "--model", damaged, "--out", out, cwd=tmp_path), tmp_path, "output")
+    (tmp_path / "folder.png").mkdir()
+    result = run_host(host, "--model", damaged, "--out", out, cwd=tmp_path)
+    assert_refused(result, tmp_path, "output" if out != "grid.jpg" else "name a .png file")
+    assert not (tmp_path / "grid.jpg").exists()
 
 
 def test_unwritable_float_dump_writes_no_grid(host, damaged, tmp_path):
@@ -222,6 +225,7 @@ def test_unwritable_float_dump_writes_no_grid(host, damaged, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [(["--n", "0"], "--n must be an integer"), (["--seed", "-1"], "--seed"),
-                                            (["--bogus", "1"], "unknown option --bogus"), (["--n"], "--n needs a value")])
+                                            (["--bogus", "1"], "unknown option --bogus"), (["--n"], "--n needs a value"),
+                                            (["--seed", "1", "--noise", "noise.npy"], "not both")])
 def test_bad_arguments(host, damaged, tmp_path, args, fragment):
     assert_refused(run_host(host, "--model", damaged, "--out", "grid.png", *args, cwd=tmp_path), tmp_path, fragment)

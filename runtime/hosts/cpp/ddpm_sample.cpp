@@ -52,6 +52,7 @@ struct Options {
     std::string model, out, noise, frames, dump_float;
     int64_t n = -1;  // -1: not given
     unsigned long long seed = 0;
+    bool seed_given = false;
     int threads = 0;
 };
 
@@ -81,11 +82,14 @@ Options parse_args(int argc, char** argv) {
         else if (flag == "--frames") options.frames = value;
         else if (flag == "--dump-float") options.dump_float = value;
         else if (flag == "--n") options.n = parse_number(flag, value, 1, 1u << 20);
-        else if (flag == "--seed") options.seed = parse_number(flag, value, 0, ~0ull);
+        else if (flag == "--seed") options.seed = parse_number(flag, value, 0, ~0ull), options.seed_given = true;
         else if (flag == "--threads") options.threads = int(parse_number(flag, value, 1, 1024));
         else throw Failure("unknown option " + flag + " (see --help)");
     }
     if (options.model.empty() || options.out.empty()) throw Failure("--model and --out are required (see --help)");
+    if (options.out.size() < 4 || options.out.compare(options.out.size() - 4, 4, ".png") != 0)
+        throw Failure("--out " + options.out + ": the grid is a PNG; name a .png file");
+    if (options.seed_given && !options.noise.empty()) throw Failure("give --seed or --noise, not both");
     return options;
 }
 
