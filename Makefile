@@ -52,6 +52,17 @@ train-dp: setup
 
 test: setup mslite
 	$(PY) -m pytest
+test: web
+
+# `make web`: the browser host's npm packages, pinned by runtime/hosts/web/package-lock.json (onnxruntime-web 1.30.0
+# for the page that `cli.py web` serves, playwright-core for its tests), and, as root, Debian's chromium for the tests.
+WEB := runtime/hosts/web
+.PHONY: web
+web: $(WEB)/node_modules/.package-lock.json
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@command -v chromium >/dev/null || echo "make web: no chromium on PATH (Debian: apt-get install chromium, as root): the browser tests will skip"
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package-lock.json
+	npm ci --prefix $(WEB) --no-audit --no-fund
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

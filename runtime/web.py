@@ -1,0 +1,158 @@
+"""`cli.py web`: a local HTTP server for the browser host (runtime/hosts/web/), which samples from a
+sampler-step artifact on onnxruntime-web. The server does no sampling; it serves a fixed table of files
+and nothing else (404 for every other path, no directory listing, never a path joined from a request):
+
+    /                                the page (index.html), /app.mjs, /sampler.mjs, /grid.mjs, /noise.mjs
+    /ort/ort.wasm.bundle.min.mjs     onnxruntime-web (pinned in runtime/hosts/web/package.json, `make web`)
+    /ort/ort-wasm-simd-threaded.wasm
+    /model.onnx, /model.json         the artifact and its manifest, read from disk on each request
+
+Every response carries the cross-origin isolation headers (COOP/COEP) that wasm threads need.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import socket
+from functools import partial
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Dict, Tuple
+from urllib.parse import urlsplit
+
+import typer
+
+from .errors import ToolkitError, first_line
+from .manifest import manifest_path_for
+
+PAGE = Path(__file__).resolve().parent / "hosts" / "web"
+ORT_DIST = PAGE / "node_modules" / "onnxruntime-web" / "dist"
+PAGE_FILES = ("app.mjs", "sampler.mjs", "grid.mjs", "noise.mjs")
+ORT_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
+                 ".wasm": "application/wasm", ".json": "application/json", ".onnx": "application/octet-stream"}
+HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
+           "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+Routes = Dict[str, Tuple[Path, str]]  # URL path -> (file, content type)
+
+
+def web(
+    artifact: Path = typer.Option(..., help="A sampler-step ONNX artifact (cli.py export --format onnx --sampler NAME), with its manifest <artifact>.json beside it."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: any free port; the URL is printed)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback makes the page reachable from the network."),
+) -> None:
+    """Serve a page that samples from a sampler-step artifact in the browser, on onnxruntime-web."""
+    server = make_server(routes(artifact), host, port)
+    if not _loopback(host):
+        typer.echo(f"warning: --host {host} makes the page and the artifact reachable from the network", err=True)
+    bound_host, bound_port = server.server_address[:2]
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    typer.echo(f"serving {artifact} at http://{url_host}:{bound_port}/ (Ctrl+C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        server.server_close()
+
+
+def routes(artifact: Path) -> Routes:
+    """The server's whole file table; refuses an artifact that is not a sampler-step ONNX with its manifest,
+    and a checkout where onnxruntime-web is not installed."""
+    manifest = manifest_path_for(artifact)
+    _check_sampler_artifact(Path(artifact), manifest)
+    missing = [name for name in ORT_FILES if not (ORT_DIST / name).is_file()]
+    if missing:
+        raise ToolkitError(f"onnxruntime-web is not installed ({ORT_DIST / missing[0]} is missing): run `make web`, "
+                           f"or `npm ci` in {PAGE}")
+    table = {"/": (PAGE / "index.html", CONTENT_TYPES[".html"]),
+             "/model.onnx": (Path(artifact), CONTENT_TYPES[".onnx"]), "/model.json": (manifest, CONTENT_TYPES[".json"])}
+    table.update({f"/{name}": (PAGE / name, CONTENT_TYPES[".mjs"]) for name in PAGE_FILES})
+    table.update({f"/ort/{name}": (ORT_DIST / name, CONTENT_TYPES[Path(name).suffix]) for name in ORT_FILES})
+    return table
+
+
+def _check_sampler_artifact(artifact: Path, manifest: Path) -> None:
+    """A readable .onnx file whose manifest is a JSON object with a `sampler` section."""
+    if not artifact.is_file():
+        raise ToolkitError(f"artifact not found: {artifact}")
+    if artifact.suffix != ".onnx":
+        raise ToolkitError(f"{artifact}: the page runs ONNX sampler-step artifacts (*.sampler.onnx), not {artifact.suffix or 'this file'}")
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ToolkitError(f"manifest not found: {manifest} (written by cli.py export beside the artifact)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ToolkitError(f"cannot read manifest {manifest}: {first_line(exc)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("sampler"), dict):
+        raise ToolkitError(f"{artifact} is not a sampler artifact (its manifest has no sampler section): export one "
+                           "with `cli.py export --format onnx --sampler NAME`")
+
+
+def make_server(table: Routes, host: str, port: int) -> ThreadingHTTPServer:
+    """A threading HTTP server bound to host:port that serves `table`; a bad host or a busy port is a ToolkitError."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise ToolkitError(f"--host {host}: {exc.strerror}") from None
+    server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
+    try:
+        return server_class((host, port), partial(_Handler, table))
+    except OSError as exc:
+        if exc.errno == 98:  # EADDRINUSE
+            raise ToolkitError(f"port {port} on {host} is in use: choose another with --port (0: any free port)") from None
+        raise ToolkitError(f"cannot listen on {host}:{port}: {exc.strerror or first_line(exc)}") from None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET/HEAD of the paths in the table (the query string ignored); 404 for everything else."""
+
+    def __init__(self, table: Routes, *args):
+        self.table = table
+        super().__init__(*args)
+
+    def do_GET(self) -> None:
+        self._send(body=True)
+
+    def do_HEAD(self) -> None:
+        self._send(body=False)
+
+    def _send(self, body: bool) -> None:
+        file, content_type = self.table.get(urlsplit(self.path).path, (None, None))
+        try:
+            handle = open(file, "rb") if file is not None else None
+        except OSError:
+            handle = None
+        if handle is None:
+            self._headers(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", len(b"not found\n"))
+            if body:
+                self.wfile.write(b"not found\n")
+            return
+        with handle:
+            self._headers(HTTPStatus.OK, content_type, os.fstat(handle.fileno()).st_size)
+            if body:
+                try:
+                    shutil.copyfileobj(handle, self.wfile)
+                except (BrokenPipeError, ConnectionResetError):  # the browser went away mid-download
+                    pass
+
+    def _headers(self, status: HTTPStatus, content_type: str, length: int) -> None:
+        self.send_response(status)
+        for name, value in {"Content-Type": content_type, "Content-Length": str(length), **HEADERS}.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def log_request(self, code="-", size="-") -> None:
+        """Only failed requests are worth a line."""
+        if isinstance(code, int) and code >= 400:
+            super().log_request(code, size)
