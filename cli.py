@@ -47,6 +47,10 @@ from .bench import commands as bench_commands  # noqa: E402  (light: heavy impor
 app.command("bench")(bench_commands.bench)
 app.command("quality")(bench_commands.quality)
 
+from .runtime import web as web_command  # noqa: E402  (light: the standard library's http.server)
+
+app.command("web")(web_command.web)
+
 
 # `sample` options that only the runtime path (--artifact) uses.
 RUNTIME_ONLY = ("backend", "scheduler", "steps", "eta", "spacing", "clip_x0", "batch", "threads", "provider")
