@@ -2,7 +2,7 @@
 dataset as the diffusion model, exported to ONNX with two outputs (logits, penultimate features), so
 that the metric itself runs in the runtime's environment (onnxruntime, no MindSpore).
 
-    python -m bench.classifier OUT.onnx [--data digits] [--image-size 8] [--steps 800] [--hflip]
+    python -m ms_ddpm.bench.classifier OUT.onnx [--data digits] [--image-size 8] [--steps 800] [--hflip]
 
 Writes OUT.onnx and OUT.onnx.json (test accuracy, data, split, settings); prints one JSON line.
 Architecture: conv3x3(32) -> ReLU -> conv3x3/2(64) -> ReLU -> conv3x3/2(128) -> ReLU -> flatten ->
@@ -16,9 +16,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import numpy as np
+
+from ..runtime.errors import run_main
+from ..runtime.files import atomic_path, write_text_atomic
+
+from .harness import reply
 
 FEATURES = 128
 
@@ -51,10 +56,11 @@ def train_classifier(out: Path, data: str, image_size: int, steps: int, batch: i
     import mindspore as ms
     from mindspore import Tensor, nn
 
+    from ..train.data import to_model_range
     from .quality import labeled_images, split_indices
 
     images, labels = labeled_images(data, image_size)
-    x_all = (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy()
+    x_all = to_model_range(images)
     train_idx, test_idx = split_indices(len(images), seed)
     classes = int(labels.max()) + 1
     ms.set_seed(seed)
@@ -85,16 +91,15 @@ def train_classifier(out: Path, data: str, image_size: int, steps: int, batch: i
         if (index + 1) % 200 == 0 or index + 1 == steps:
             log(f"classifier step {index + 1}/{steps}: loss {float(loss.asnumpy()):.4f}")
     net.set_train(False)
-    logits = net(Tensor(x_all[test_idx]))[0].asnumpy()
-    accuracy = float((logits.argmax(1) == labels[test_idx]).mean())
-    flipped = net(Tensor(np.ascontiguousarray(x_all[test_idx][..., ::-1])))[0].asnumpy()
-    accuracy_flipped = float((flipped.argmax(1) == labels[test_idx]).mean())
+    accuracy = lambda x: float((net(Tensor(np.ascontiguousarray(x)))[0].asnumpy().argmax(1)  # noqa: E731
+                                == labels[test_idx]).mean())
     export_onnx(net, out, x_all.shape[1], image_size)
     info = {"data": data, "image_size": image_size, "classes": classes, "features": FEATURES, "steps": steps,
             "batch": batch, "lr": lr, "hflip": hflip, "seed": seed, "train_images": len(train_idx),
-            "test_images": len(test_idx), "test_accuracy": accuracy, "test_accuracy_mirrored": accuracy_flipped,
+            "test_images": len(test_idx), "test_accuracy": accuracy(x_all[test_idx]),
+            "test_accuracy_mirrored": accuracy(x_all[test_idx][..., ::-1]),
             "train_seconds": round(time.perf_counter() - started, 1), "outputs": ["logits", "features"]}
-    out.with_name(out.name + ".json").write_text(json.dumps(info, indent=2) + "\n")
+    write_text_atomic(f"{out}.json", json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -119,11 +124,12 @@ def export_onnx(net, out: Path, channels: int, image_size: int) -> None:
         output.name = renames[output.name]
         output.type.tensor_type.shape.dim[0].dim_param = "batch"
     onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(out))
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
 
 
-def main(argv: List[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.classifier", description=__doc__.splitlines()[0])
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m ms_ddpm.bench.classifier", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--data", default="digits")
     parser.add_argument("--image-size", type=int, default=8)
@@ -131,14 +137,10 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--hflip", action="store_true", help="Train on randomly mirrored images too.")
-    args = parser.parse_args(argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    info = train_classifier(args.out, args.data, args.image_size, args.steps, args.batch, args.lr, args.hflip,
-                            log=lambda line: print(line, file=sys.stderr, flush=True))
-    from .worker import REPLY_PREFIX
-
-    sys.stdout.write(REPLY_PREFIX + json.dumps(info) + "\n")
+    args = parser.parse_args()
+    reply(train_classifier(args.out, args.data, args.image_size, args.steps, args.batch, args.lr, args.hflip,
+                           log=lambda line: print(line, file=sys.stderr, flush=True)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

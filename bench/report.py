@@ -1,23 +1,19 @@
-"""The benchmark result (bench/run.py's dict) as Markdown tables."""
+"""The bench result (bench/latency.py's dict) as Markdown. Re-render one: python -m ms_ddpm.bench.report R.json"""
 from __future__ import annotations
 
 import datetime
 from typing import Any, Dict, List, Optional, Sequence
 
 SCHEDULER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}
-TARGET_PEAK_FRACTION = 0.60
-TARGET_DPMPP20_S = 3.0
-TARGET_TRAIN_SPEEDUP = 10.0
 
 
 def table(header: Sequence[str], rows: List[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]) + "\n"
 
 
-def _f(value: Optional[float], digits: int = 2, suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+def _f(value: Optional[float], digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _pct(value: Optional[float]) -> str:
@@ -28,122 +24,124 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}" if seconds < 10 else f"{seconds * 1e3:.0f}"
 
 
+def _row(result: Dict[str, Any], prefix: str, batch: int) -> Optional[Dict[str, Any]]:
+    return next((r for r in result.get("unet", []) if r["backend"].startswith(prefix) and r["batch"] == batch), None)
+
+
 def targets(result: Dict[str, Any]) -> List[List[str]]:
+    """Issue 14's targets, each measured in this run: [target, measured, met/missed]."""
     rows = []
-    unet = [r for r in result.get("unet", []) if r["backend"] == "onnxruntime" and r["batch"] == 64]
-    if unet:
-        best = unet[0]["peak_fraction_best"]
-        note = ""
-        variants = [v for v in result.get("explore", {}).get("variants", []) if v.get("batch") == 64 and v.get("gate_ok")]
-        if variants:
-            top = max(variants, key=lambda v: v["peak_fraction_best"])
-            note = f"; best gated variant ({top['label']}): {_pct(top['peak_fraction_best'])}"
-        rows.append(["runtime U-Net >= 60% of fp32 matmul peak at batch 64",
-                     f"onnxruntime {_pct(best)} (median {_pct(unet[0]['peak_fraction_median'])}){note}",
-                     "met" if best >= TARGET_PEAK_FRACTION else "missed"])
-    e2e = result.get("end_to_end", {})
-    dpm = next((r for r in e2e.get("runs", []) if r["scheduler"] == "dpmpp" and r["steps"] == 20 and not r["extrapolated"]), None)
-    if dpm and e2e.get("images") == 64:
-        best = next((r["min_s"] for r in result.get("unet", []) if r["backend"] == "onnxruntime" and r["batch"] == 64), None)
-        projection = f"; 20 x the best batch-64 call = {20 * best:.2f} s" if best else ""
-        rows.append(["64 images with DPM-Solver++-20 in <= 3 s", f"{dpm['seconds']:.2f} s measured{projection}",
-                     "met" if dpm["seconds"] <= TARGET_DPMPP20_S else "missed"])
+
+    def add(target: str, measured: str, met: bool) -> None:
+        rows.append([target, measured, "met" if met else "missed"])
+
+    ort = _row(result, "onnxruntime", 64)
+    if ort and ort["peak_fraction_best"] is not None:
+        add("onnxruntime U-Net >= 60% of the fp32 MatMul peak at batch 64", f"{ort['backend']}: "
+            f"{_pct(ort['peak_fraction_best'])} (median {_pct(ort['peak_fraction_median'])})",
+            ort["peak_fraction_best"] >= 0.6)
+    optimized, plain = _row(result, "onnxruntime (optimized", 1), _row(result, "onnxruntime (plain", 1)
+    if optimized and plain:
+        speedup = plain["median_s"] / optimized["median_s"]
+        add("optimised graph >= 1.3x faster than the plain one at batch 1", f"{speedup:.2f}x", speedup >= 1.3)
+    runs = result.get("end_to_end", {}).get("runs", [])
+    dpm = next((r for r in runs if (r["scheduler"], r["steps"], r["extrapolated"]) == ("dpmpp", 20, False)), None)
+    if dpm:
+        add("DPM-Solver++-20 within 1.1x of its 20 U-Net calls", f"{dpm['seconds'] / dpm['unet_s']:.3f}x",
+            dpm["seconds"] <= 1.1 * dpm["unet_s"])
+    for batch in result.get("settings", {}).get("batches", ()):
+        ort, peer = _row(result, "onnxruntime", batch), _row(result, "openvino", batch)
+        if ort and peer:
+            add(f"onnxruntime ahead of OpenVINO at batch {batch}", f"{ort['median_s'] / peer['median_s']:.2f}x "
+                "OpenVINO's time", ort["median_s"] <= peer["median_s"])
     slow = next((r for r in result.get("training", []) if r["isa"] == "ALL"), None)
     if slow and slow.get("slowdown_vs_avx2"):
-        rows.append(["MindSpore train step >= 10x faster with the dispatch setting",
-                     f"{slow['slowdown_vs_avx2']:.1f}x", "met" if slow["slowdown_vs_avx2"] >= TARGET_TRAIN_SPEEDUP else "missed"])
+        add("MindSpore train step >= 10x faster with the oneDNN AVX2 cap", f"{slow['slowdown_vs_avx2']:.1f}x",
+            slow["slowdown_vs_avx2"] >= 10)
     return rows
 
 
+def _header(result: Dict[str, Any]) -> List[str]:
+    m, model, peak = result["machine"], result["model"], result["peak"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    cfg = model["config"]
+    peak_text = (f"**{peak['gflops_best']:.0f} GFLOP/s** best, {peak['gflops_median']:.0f} median over {peak['n']} calls"
+                 if "n" in peak else "**not measured** (see Not measured); *% of peak* is n/a")
+    return [f"# Benchmark results\n\nGenerated by `{result.get('command') or 'cli.py bench'}` on "
+            f"{datetime.datetime.now():%Y-%m-%d %H:%M}; the run took {result['duration_s']:.0f} s. Load average "
+            f"(1/5/15 min) at start {result['load_average_start']}, at end {result['load_average_end']}.\n",
+            f"**CPU**: {m['cpu']}, {m['cpus']} cores; flags: {', '.join(m['isa']) or 'none of note'}; {m['platform']}, "
+            f"Python {m['python']}; {versions}.\n",
+            f"**Model**: U-Net {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, dim {cfg['dim']}, dim_mults "
+            f"{cfg['dim_mults']}, T={model['timesteps']}; {model['gflop_per_image']:.3f} GFLOP per image (Conv, "
+            f"ConvTranspose, MatMul, Gemm of the exported ONNX). Checkpoint: `{result['models']['checkpoint']}`.\n",
+            f"**fp32 MatMul peak** ({peak['size']}x{peak['size']} float32 MatMul on {peak['engine']}, which picks "
+            f"its kernels from the CPU; timed in turn with the U-Net calls): {peak_text}. *% of peak*: an engine's "
+            f"best call over the best MatMul, and (in brackets) its median over the median MatMul.\n"]
+
+
+def _unet(result: Dict[str, Any]) -> List[str]:
+    first = result["unet"][0]["backend"] if result["unet"] else "the first engine"
+    rows = [[r["backend"], r["batch"], r["n"], _ms(r["median_s"]), _ms(r["min_s"]), _f(r["gflops_median"], 1),
+             _f(r["gflops_best"], 1), f"{_pct(r['peak_fraction_best'])} ({_pct(r['peak_fraction_median'])})",
+             _f(r["vs_first"])] for r in result["unet"]]
+    rows += [[label, "-", 0, why, *["n/a"] * 5] for label, why in result["missing"].items()]
+    agreement = [[label, _f(a.get("max_abs"), 7), _f(a.get("cosine"), 7), a.get("error", "")]
+                 for label, a in result.get("agreement", {}).items()]
+    return ["\n## U-Net, one call\n\nEngines timed in turn, one call each, in one run; median and min over the calls "
+            f"(a slow engine gets fewer: see n). *x first* is median time over {first}'s at the same batch.\n",
+            table(["backend", "batch", "n", "median ms", "min ms", "GFLOP/s median", "GFLOP/s best", "% of peak",
+                   "x first"], rows),
+            f"\nSession creation in the workers (side by side, so they overlap), s: "
+            + ", ".join(f"{k} {_f(v)}" for k, v in result["open_s"].items()) + ".\n",
+            f"\nAgreement with {first} on the same batch of 4 (the export gate's measures):\n",
+            table(["backend", "max abs", "cosine", "error"], agreement)]
+
+
+def _end_to_end(e2e: Dict[str, Any]) -> List[str]:
+    rows = [[r["path"], f"{SCHEDULER_NAMES[r['scheduler']]}-{r['steps']}", _f(r["seconds"]), _f(r.get("unet_s")),
+             _f(r["seconds"] / r["unet_s"], 3) if r.get("unet_s") else "n/a", _f(r["vs_runtime_ddpm"], 3),
+             f"extrapolated: median of {r['measured_steps']} steps x {r['steps']} (first, compiling, step excluded)"
+             if r["extrapolated"] else "measured"] for r in e2e["runs"]]
+    return [f"\n## End to end: {e2e['images']} images\n\nOne run each, batch {e2e['images']} per U-Net call; *U-Net s* is "
+            "the time spent inside the U-Net calls of that run, *x U-Net* the whole run over it.\n",
+            table(["path", "sampler", "seconds", "U-Net s", "x U-Net", "x runtime DDPM", "note"], rows)]
+
+
+def _training(rows: List[Dict[str, Any]]) -> List[str]:
+    return [f"\n## MindSpore training step\n\nThe toolkit's jit `TrainStep` at batch {rows[0]['batch']}, same model; "
+            "two processes that differ only in ONEDNN_MAX_CPU_ISA, stepped in turn; the first (compiling) step "
+            "excluded.\n",
+            table(["oneDNN ISA cap", "n", "median s/step", "min s/step", "x AVX2"],
+                  [[r["isa"], r["n"], _f(r["median_s"], 3), _f(r["min_s"], 3), _f(r["slowdown_vs_avx2"], 1)]
+                   for r in rows])]
+
+
+def _cold_start(rows: List[Dict[str, Any]]) -> List[str]:
+    return ["\n## Cold start\n\nA fresh process: import the runtime, `Sampler.load` (session creation), one batch-1 "
+            "call; median of 3. *Process* is the wall time of the whole child, interpreter start included.\n",
+            table(["backend", "import s", "session s", "first call s", "process s"],
+                  [[r["backend"], *(_f(r[k], 3) for k in ("import_s", "open_s", "first_call_s", "process_s"))]
+                   for r in rows])]
+
+
 def render_markdown(result: Dict[str, Any]) -> str:
-    out: List[str] = []
-    m, model, peak = result.get("machine", {}), result.get("model", {}), result.get("peak", {})
-    out.append(f"# Benchmark results\n\nGenerated by `{result.get('command') or 'cli.py bench'}` on "
-               f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; the run took {result.get('duration_s', 0):.0f} s. "
-               f"Load average (1/5/15 min) at start {result.get('load_average_start')}, at end {result.get('load_average_end')} "
-               f"on {m.get('cpus')} CPUs.\n")
-    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
-    out.append(f"**Machine**: {m.get('cpu', '?')}, {m.get('cpus')} cores, {m.get('memory_gib', '?')} GiB; "
-               f"ISA: {', '.join(m.get('isa', []))}; {m.get('platform')}, Python {m.get('python')}; {versions}.\n")
-    cfg = model.get("config", {})
-    out.append(f"**Model**: U-Net {cfg.get('image_size')}x{cfg.get('image_size')}x{cfg.get('channels')}, dim {cfg.get('dim')}, "
-               f"dim_mults {cfg.get('dim_mults')}, T={model.get('timesteps')}; "
-               f"{model.get('gflop_per_image', 0):.3f} GFLOP per image (Conv, ConvTranspose, MatMul, Gemm of the exported ONNX). "
-               f"Checkpoint: `{result.get('models', {}).get('checkpoint')}`.\n")
-    if peak:
-        engines = ", ".join(f"{k} {v['gflops_best']:.0f} (median {v['gflops_median']:.0f})" for k, v in peak["engines"].items())
-        run_best = peak.get("gflops_best_run", peak["gflops_best"])
-        out.append(f"**fp32 matmul peak** ({peak['size']}x{peak['size']} float32 matmul, timed in turn with the U-Net "
-                   f"calls): **{run_best:.0f} GFLOP/s**, the best seen in the whole run; in the backends' rotation "
-                   f"{peak['gflops_best']:.0f} best, {peak['gflops_median']:.0f} median ({peak['engine']}); per engine, "
-                   f"GFLOP/s: {engines}. numpy's OpenBLAS runs with OPENBLAS_CORETYPE={peak.get('openblas_coretype')}. "
-                   f"*% of peak* below: a backend's best call over the run's best matmul, and (in brackets) its median "
-                   f"over the median matmul of the same rotation.\n")
-
-    target_rows = targets(result)
-    if target_rows:
-        out.append("## Targets\n")
-        out.append(table(["target", "measured", "status"], target_rows))
-
-    if result.get("unet"):
-        out.append("\n## U-Net, one call\n\nBackends timed in turn, one call each, in one run; median and min over the "
-                   "calls (a slow backend gets fewer calls: see n). *% of peak*: see above; *x ort* is median time over "
-                   "onnxruntime's.\n")
-        rows = [[r["backend"], r["batch"], r["n"], _ms(r["median_s"]), _ms(r["min_s"]), _f(r["gflops_median"], 1),
-                 _f(r["gflops_best"], 1), f"{_pct(r['peak_fraction_best'])} ({_pct(r['peak_fraction_median'])})",
-                 _f(r.get("vs_onnxruntime"))] for r in result["unet"]]
-        out.append(table(["backend", "batch", "n", "median ms", "min ms", "GFLOP/s median", "GFLOP/s best",
-                          "% of peak", "x ort"], rows))
-        opened = result.get("open_s", {})
-        if opened:
-            out.append("\nSession creation in the workers (started side by side, so these overlap; see Cold start), s: " + ", ".join(f"{k} {_f(v)}" for k, v in opened.items()) + ".\n")
-
-    e2e = result.get("end_to_end", {})
-    if e2e.get("runs"):
-        out.append(f"\n## End to end: {e2e['images']} images\n\nOne run each, batch {e2e['images']} per U-Net call.\n")
-        rows = []
-        for r in e2e["runs"]:
-            note = (f"extrapolated: median of {r['measured_steps']} steps x {r['steps']} (first, compiling, step excluded)"
-                    if r["extrapolated"] else "measured")
-            rows.append([r["path"], f"{SCHEDULER_NAMES[r['scheduler']]}-{r['steps']}", _f(r["seconds"]),
-                         _f(r.get("vs_runtime_ddpm"), 3), note])
-        out.append(table(["path", "sampler", "seconds", "x runtime DDPM", "note"], rows))
-
+    out = _header(result)
+    if targets(result):
+        out += ["## Targets\n", table(["target", "measured", "status"], targets(result))]
+    out += _unet(result)
+    if result["end_to_end"]["runs"]:
+        out += _end_to_end(result["end_to_end"])
     if result.get("training"):
-        out.append("\n## MindSpore training step\n\nThe toolkit's jit `TrainStep` (Adam, EMA off, grad clip) at batch "
-                   f"{result['training'][0]['batch']}, same model; two processes that differ only in ONEDNN_MAX_CPU_ISA, "
-                   "stepped in turn; the first (compiling) step excluded.\n")
-        rows = [[r["isa"], r["n"], _f(r["median_s"], 3), _f(r["min_s"], 3), _f(r.get("slowdown_vs_avx2"), 1)]
-                for r in result["training"]]
-        out.append(table(["ONEDNN_MAX_CPU_ISA", "n", "median s/step", "min s/step", "x AVX2"], rows))
-
-    if result.get("cold_start"):
-        out.append("\n## Cold start\n\nA fresh process: `import runtime.pipeline`, `Sampler.load` (session creation), "
-                   "one batch-1 call; median of 3. *Process* is the wall time of the whole child, interpreter start included.\n")
-        rows = [[r["backend"], _f(r["import_s"], 3), _f(r["open_s"], 3), _f(r["first_call_s"], 3), _f(r["process_s"], 3)]
-                for r in result["cold_start"]]
-        out.append(table(["backend", "import s", "session s", "first call s", "process s"], rows))
-
-    explore = result.get("explore")
-    if explore:
-        out.append("\n## onnxruntime: what moves it toward the peak\n\n" + explore.get("note", "") + "\n")
-        rows = [[v["label"], v["batch"], v["n"], _ms(v["median_s"]), _ms(v["min_s"]), _f(v["gflops_best"], 1),
-                 _pct(v["peak_fraction_best"]), _f(v.get("vs_baseline"), 3), _f(v.get("open_s"), 2),
-                 v.get("max_abs", "n/a") if isinstance(v.get("max_abs"), str) else f"{v.get('max_abs', float('nan')):.1e}",
-                 f"{v.get('cosine', float('nan')):.6f}", "pass" if v.get("gate_ok") else "FAIL"]
-                for v in explore["variants"]]
-        out.append(table(["variant", "batch", "n", "median ms", "min ms", "GFLOP/s best", "% of peak", "x baseline",
-                          "session s", "max abs vs fp32", "cosine", "gate"], rows))
-        for label, error in explore.get("errors", {}).items():
-            out.append(f"- {label}: could not run: {error}\n")
-
-    if result.get("errors"):
-        out.append("\n## Not measured\n\n")
-        out.extend(f"- {k}: {v}\n" for k, v in result["errors"].items())
+        out += _training(result["training"])
+    if result["cold_start"]:
+        out += _cold_start(result["cold_start"])
+    if result["errors"]:
+        out += ["\n## Not measured\n\n"] + [f"- {k}: {v}\n" for k, v in result["errors"].items()]
     return "\n".join(out)
 
 
-if __name__ == "__main__":  # re-render a result: python -m bench.report RESULT.json > RESULT.md
+if __name__ == "__main__":
     import json
     import sys
 

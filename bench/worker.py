@@ -1,217 +1,199 @@
-"""A benchmark worker: one child process that holds one backend (or MindSpore training state) and
-times what the orchestrator (bench/run.py) asks, one JSON command per stdin line.
+"""A bench worker: one child process holding one engine, timing what the parent asks, one JSON
+command per stdin line (bench/harness.py starts it and reads its replies).
 
-    python -m bench.worker '{"artifact": "unet.onnx", "backend": "onnxruntime", "threads": 2}'
+    python -m ms_ddpm.bench.worker '{"kind": "onnxruntime", "artifact": "/abs/unet.onnx", "threads": 2}'
 
-Replies are single lines starting with REPLY_PREFIX (libraries print to stdout too). Timing happens
-here, around the call only, so the pipe round trip is not counted. Keeping several workers alive
-and asking each for a few calls in turn lets the orchestrator alternate backends call by call: a
-busy machine then slows all of them alike, and their ratios hold.
+Kinds: a runtime backend (`runtime.backends.BACKENDS`: onnxruntime, mslite, mindspore) on an
+artifact; `openvino` (a peer engine, not a runtime backend) on the ONNX artifact; `matmul`, one
+size x size float32 MatMul on onnxruntime, whose MLAS picks its kernels from the CPU: the fp32 peak.
+A `mindspore` worker with a `checkpoint` also runs training steps and the reference sampler. With
+`"cold_start": true` it opens, makes one batch-1 call, replies with the times from its start, and exits.
 
-Which libraries load depends on the spec and the commands: a `mslite` worker never imports
-MindSpore, an onnxruntime worker never imports either; a worker asked to `train` or `reference`
-imports MindSpore (ONEDNN_MAX_CPU_ISA comes from the parent's environment for the child).
-
-Commands ({"op": ..., ...}) and their replies:
-    unet     batch, calls                  -> times (s per U-Net call, after one warm-up call)
-    matmul   size, calls                   -> times (s per size x size float32 matmul, numpy)
-    sample   n, scheduler, steps, seed     -> seconds (one `Sampler.sample` run)
-    train    batch, calls                  -> times (s per MindSpore train step; the first, compiling, one excluded)
-    reference n, steps                     -> times (s per step of the MindSpore reference DDPM loop)
-    quit
+Commands ({"op": ..., ...}): time (calls, batch) -> times of the kind's call; output (batch, path)
+-> eps saved as .npy; sample (n, scheduler, steps) -> seconds, and the part spent in U-Net calls;
+train (batch, calls) -> seconds per train step; reference (n, steps) -> seconds per reference step.
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
-import traceback
-from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
+_began = time.perf_counter()  # for the cold start: the imports below are part of it
 
-REPLY_PREFIX = "@@bench "
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Dict, List, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from ..runtime.backends import BACKENDS, Backend  # noqa: E402
+from ..runtime.errors import ToolkitError, first_line, run_main  # noqa: E402
+from ..runtime.pipeline import Sampler, load_artifact  # noqa: E402
+
+from .harness import onnx_session, reply  # noqa: E402
 
 
-class _Stop(Exception):
-    pass
+def open_openvino(artifact: Path, threads: Optional[int]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The ONNX U-Net on OpenVINO's CPU plug-in in fp32."""
+    import openvino as ov
+
+    config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    model = ov.Core().compile_model(str(artifact), "CPU", config)
+    request = model.create_infer_request()
+    return lambda x, t: request.infer({"x": x, "t": t})[model.output(0)].copy()
+
+
+def matmul_call(size: int, threads: Optional[int]) -> Callable[[], Any]:
+    """One size x size float32 MatMul on onnxruntime (a model built in memory)."""
+    from onnx import TensorProto, helper
+
+    spec = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size]) for name in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", spec[:2], spec[2:])
+    session = onnx_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString(),
+                           threads)
+    a, b = np.random.default_rng(0).standard_normal((2, size, size), dtype=np.float32)
+    return lambda: session.run(None, {"a": a, "b": b})
 
 
 class Worker:
     def __init__(self, spec: Dict[str, Any]):
-        self.spec = spec
-        self.sampler = None
-        self.eps: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
-        self.ready: Dict[str, Any] = {}
-        self._inputs: Dict[int, tuple] = {}
-        self._trainer = None
-        if spec.get("artifact"):
-            self._open()
-
-    # ---- the U-Net -----------------------------------------------------------------------------
-    def _open(self) -> None:
+        self.spec, self.ready = spec, {}
+        self._trainer: Optional[tuple] = None
         started = time.perf_counter()
-        options = self.spec.get("ort_options")
-        if options is not None:  # an onnxruntime variant (bench/explore.py), outside the runtime's defaults
-            from .explore import open_session
-
-            self.eps, self.image_shape, self.timesteps = open_session(self.spec["artifact"], options)
+        if spec["kind"] == "matmul":
+            self.call = matmul_call(spec["size"], spec.get("threads"))
         else:
-            from ..runtime.pipeline import Sampler
-
-            self.sampler = Sampler.load(self.spec["artifact"], backend=self.spec.get("backend"),
-                                        threads=self.spec.get("threads"))
-            self.eps = self.sampler.backend
-            self.image_shape = self.sampler.image_shape
-            self.timesteps = self.sampler.tables.timesteps
+            self.sampler = self._open(spec["kind"], spec["artifact"], spec.get("threads"))
+            self.call = self.sampler.backend
         self.ready["open_s"] = time.perf_counter() - started
 
-    def _batch(self, batch: int) -> tuple:
-        if batch not in self._inputs:
-            rng = np.random.default_rng(batch)
-            x = rng.standard_normal((batch, *self.image_shape), dtype=np.float32)
-            t = rng.integers(0, self.timesteps, batch).astype(np.int32)
-            self._inputs[batch] = (x, t)
-        return self._inputs[batch]
-
-    def unet(self, batch: int, calls: int, warmup: bool = True) -> Dict[str, Any]:
-        x, t = self._batch(batch)
-        if warmup:
-            self.eps(x, t)
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            self.eps(x, t)
-            times.append(time.perf_counter() - start)
-        return {"times": times}
-
-    def sample(self, n: int, scheduler: str, steps: Optional[int], seed: int = 0) -> Dict[str, Any]:
-        start = time.perf_counter()
-        self.sampler.sample(n, scheduler, steps, seed=seed)
-        return {"seconds": time.perf_counter() - start}
-
-    # ---- the machine -----------------------------------------------------------------------------
     @staticmethod
-    def matmul(size: int, calls: int) -> Dict[str, Any]:
-        """The machine's fp32 matmul rate, two ways: numpy (OpenBLAS) and onnxruntime's MatMul (MLAS).
+    def _open(kind: str, artifact: str, threads: Optional[int]) -> Sampler:
+        if kind in BACKENDS:
+            return Sampler.load(artifact, backend=kind, threads=threads)
+        path, manifest = load_artifact(artifact)
+        return Sampler(Backend(kind, open_openvino(path, threads)), manifest)
 
-        OpenBLAS picks its kernels by CPU model; under a hypervisor it may not recognise the CPU and
-        fall back to a generic core (`threadpoolctl` shows which): the orchestrator sets
-        OPENBLAS_CORETYPE for this worker, and the faster of the two engines is the peak."""
-        from .explore import matmul_session
+    def _inputs(self, batch: int) -> tuple:
+        rng = np.random.default_rng(batch)
+        manifest = self.sampler.manifest
+        x = rng.standard_normal((batch, *self.sampler.image_shape), dtype=np.float32)
+        return x, rng.integers(0, manifest.timesteps, batch).astype(manifest.inputs[1].dtype)
 
-        rng = np.random.default_rng(0)
-        a = rng.standard_normal((size, size), dtype=np.float32)
-        b = rng.standard_normal((size, size), dtype=np.float32)
-        out = np.empty_like(a)
-        session = matmul_session(size)
-        engines = {"numpy": lambda: np.matmul(a, b, out=out), "onnxruntime": lambda: session.run(None, {"a": a, "b": b})}
-        result: Dict[str, Any] = {"flops": 2 * size ** 3}
-        for name, run in engines.items():
-            run()
-            times = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            result[name] = times
-        return result
+    def time(self, calls: int, batch: Optional[int] = None, warmup: bool = True) -> Dict[str, Any]:
+        args = () if self.spec["kind"] == "matmul" else self._inputs(batch)
+        if warmup:
+            self.call(*args)
+        return {"times": _timed(calls, lambda: self.call(*args))}
 
-    # ---- MindSpore: training step and the reference sampler ----------------------------------------
-    def _mindspore_model(self):
-        from ..train.checkpoint import load_model  # imports MindSpore (train/ sets the oneDNN dispatch first)
+    def output(self, batch: int, path: str) -> Dict[str, Any]:
+        np.save(path, self.call(*self._inputs(batch)))
+        return {"path": path}
 
-        return load_model(self.spec["checkpoint"])
+    def sample(self, n: int, scheduler: str, steps: int, seed: int = 0) -> Dict[str, Any]:
+        backend, spent = self.sampler.backend, []
 
+        def timed_backend(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            began = time.perf_counter()
+            eps = backend(x, t)
+            spent.append(time.perf_counter() - began)
+            return eps
+
+        self.sampler.backend = timed_backend
+        began = time.perf_counter()
+        try:
+            self.sampler.sample(n, scheduler, steps, seed=seed)
+        finally:
+            self.sampler.backend = backend
+        return {"seconds": time.perf_counter() - began, "unet_s": sum(spent), "unet_calls": len(spent)}
+
+    # ---- MindSpore: training step and the reference sampler --------------------------------------
     def train(self, batch: int, calls: int, warmup: bool = True) -> Dict[str, Any]:
-        import dataclasses
-
         from mindspore import Tensor
 
-        from ..train import CPU_DISPATCH_NOTE
-        from ..train.trainer import BatchSampler, TrainStep
-
         if self._trainer is None or self._trainer[0] != batch:
-            net, loaded = self._mindspore_model()
-            config = dataclasses.replace(loaded.config, train=dataclasses.replace(loaded.config.train, batch_size=batch,
-                                                                                   steps=10_000))
-            model = config.model
-            rng = np.random.default_rng(0)
-            images = rng.uniform(-1, 1, (4 * batch, model.channels, model.image_size, model.image_size)).astype(np.float32)
-            self._trainer = (batch, TrainStep(net, config), BatchSampler(images, config))
-            started = time.perf_counter()
-            step = self._trainer[1].step(*map(Tensor, self._trainer[2].batch(0)))
-            step[0].asnumpy()
-            self.ready["train_compile_s"] = time.perf_counter() - started
-        _, trainer, sampler = self._trainer
-        times = []
-        for index in range(calls):
-            tensors = [Tensor(a) for a in sampler.batch(index + 1)]
-            start = time.perf_counter()
-            loss, _ = trainer.step(*tensors)
-            loss.asnumpy()
-            times.append(time.perf_counter() - start)
-        return {"times": times, "dispatch": CPU_DISPATCH_NOTE, "compile_s": self.ready["train_compile_s"]}
+            self._trainer = (batch, *_train_step(self.spec["checkpoint"], batch))
+        _, step, batches = self._trainer
+        if warmup:
+            step(*map(Tensor, batches(0)))[0].asnumpy()  # compiles
+        inputs = iter([list(map(Tensor, batches(index + 1))) for index in range(calls)])
+        return {"times": _timed(calls, lambda: step(*next(inputs))[0].asnumpy())}
 
     def reference(self, n: int, steps: int) -> Dict[str, Any]:
-        """Time the first `steps` steps of `reference_sample` (the `sample --checkpoint` path) on n images."""
-        import mindspore as ms
-
+        """Seconds per step of `reference_sample` (the `sample --checkpoint` path) on n images, first steps only."""
         from ..runtime.schedules import ScheduleTables
-        from ..train.diffusion import draw_sampling_noise, reference_sample
+        from ..train.checkpoint import load_model
+        from ..train.diffusion import reference_sample
 
-        net, loaded = self._mindspore_model()
-        ms.set_context(mode=ms.GRAPH_MODE)
-        model = loaded.config.model
-        tables = ScheduleTables.from_name(loaded.config.diffusion.schedule, loaded.config.diffusion.timesteps)
-        x_T, step_noise = draw_sampling_noise(np.random.default_rng(0), (n, model.channels, model.image_size,
-                                                                         model.image_size), tables.timesteps)
+        net, loaded = load_model(self.spec["checkpoint"])
+        model, diffusion = loaded.config.model, loaded.config.diffusion
+        tables = ScheduleTables.from_name(diffusion.schedule, diffusion.timesteps)
+        rng = np.random.default_rng(0)  # the values do not matter for timing
+        shape = (n, model.channels, model.image_size, model.image_size)
         stamps = [time.perf_counter()]
 
         def on_step(t: int, x: np.ndarray) -> None:
             stamps.append(time.perf_counter())
             if len(stamps) > steps:
-                raise _Stop
+                raise StopIteration
 
         try:
-            reference_sample(net, tables, x_T, step_noise, on_step=on_step)
-        except _Stop:
+            reference_sample(net, tables, rng.standard_normal(shape, dtype=np.float32),
+                             rng.standard_normal((tables.timesteps - 1, *shape), dtype=np.float32), on_step=on_step)
+        except StopIteration:
             pass
-        times = list(np.diff(stamps))
-        return {"times": times, "timesteps": tables.timesteps}
+        return {"times": np.diff(stamps).tolist()}
 
 
-def reply(payload: Dict[str, Any]) -> None:
-    sys.stdout.write(REPLY_PREFIX + json.dumps(payload) + "\n")
-    sys.stdout.flush()
+def _train_step(checkpoint: str, batch: int) -> tuple:
+    """The toolkit's jit TrainStep at `batch` on random images, and a function step -> its batch."""
+    import dataclasses
+
+    from ..train.checkpoint import load_model
+    from ..train.trainer import BatchSampler, TrainStep
+
+    net, loaded = load_model(checkpoint)
+    config = dataclasses.replace(loaded.config, train=dataclasses.replace(loaded.config.train, batch_size=batch,
+                                                                           steps=10_000))
+    shape = (4 * batch, config.model.channels, config.model.image_size, config.model.image_size)
+    images = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    return TrainStep(net, config).step, BatchSampler(images, config).batch
 
 
-def main(argv: List[str]) -> None:
+def _timed(calls: int, call: Callable[[], Any]) -> List[float]:
+    times = []
+    for _ in range(calls):
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def main() -> None:
+    spec, imported = json.loads(sys.argv[1]), time.perf_counter()
     try:
-        worker = Worker(json.loads(argv[0]))
-    except Exception as exc:  # the orchestrator reports it and carries on without this backend
-        reply({"error": _one_line(exc)})
-        os._exit(1)
-    reply({"ready": worker.ready})
-    for line in sys.stdin:
-        command = json.loads(line)
-        op = command.pop("op")
-        if op == "quit":
-            break
-        try:
-            reply(getattr(worker, op)(**command))
-        except Exception as exc:
-            traceback.print_exc(file=sys.stderr)
-            reply({"error": _one_line(exc)})
+        worker = Worker(spec)
+    except ToolkitError:
+        raise
+    except Exception as exc:  # an engine that cannot open: one line for the parent's table
+        raise ToolkitError(f"cannot open {spec['kind']}: {type(exc).__name__}: {first_line(exc)}") from exc
+    if spec.get("cold_start"):  # a fresh process: import, open, one batch-1 call, and exit
+        first_call = worker.time(calls=1, batch=1, warmup=False)["times"][0]
+        reply({"import_s": imported - _began, "open_s": worker.ready["open_s"], "first_call_s": first_call})
+    else:
+        reply({"ready": worker.ready})
+        for line in sys.stdin:
+            command = json.loads(line)
+            try:
+                reply(getattr(worker, command.pop("op"))(**command))
+            except Exception as exc:  # the parent reports it and carries on without this worker's row
+                reply({"error": f"{type(exc).__name__}: {first_line(exc)}"})
     sys.stdout.flush()
     os._exit(0)  # skip library exit-time destructors (Lite's has crashed at exit)
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -1,7 +1,10 @@
 """The quality metric's classifier: trained with MindSpore, exported to ONNX, run by onnxruntime."""
 import json
+import shutil
 
 import numpy as np
+
+from conftest import assert_clean_error, run_cli
 
 from ms_ddpm.bench.quality import FeatureModel, labeled_images
 
@@ -18,3 +21,24 @@ def test_classifier_trains_and_exports_logits_and_features(tmp_path):
     logits, features = FeatureModel(out)(images[:37])
     assert logits.shape == (37, 10) and features.shape == (37, FEATURES)
     assert np.all(features >= 0)  # post-ReLU
+
+
+def test_quality_runs_from_another_folder_with_relative_paths(tiny_checkpoint, tmp_path):
+    """Relative --checkpoint and --out against the caller's folder; the default scratch folder leaves nothing."""
+    shutil.copy(tiny_checkpoint, tmp_path / "tiny.ckpt")
+    result = run_cli("quality", "--checkpoint", "tiny.ckpt", "--out", "q", "--n", "8", "--classifier-steps", "20",
+                     cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.json", "q.md", "q.png", "tiny.ckpt"]
+    rows = json.loads((tmp_path / "q.json").read_text())["rows"]
+    assert [r["name"] for r in rows[2:]] == ["DDPM-10", "DDIM-10", "DDIM-10", "DPM-Solver++-10", "DPM-Solver++-10"]
+    assert all(np.isfinite(r["fd"]) and r["fd"] >= 0 for r in rows)
+    assert "![samples per scheduler" in (tmp_path / "q.md").read_text()
+
+
+def test_quality_path_errors_come_before_any_work(tiny_checkpoint, tmp_path):
+    shutil.copy(tiny_checkpoint, tmp_path / "tiny.ckpt")
+    assert_clean_error(run_cli("quality", "--checkpoint", "nope", cwd=tmp_path), str(tmp_path / "nope"))
+    assert_clean_error(run_cli("quality", "--checkpoint", "tiny.ckpt", "--work", "scratch", "--classifier", "c.onnx",
+                               cwd=tmp_path), "classifier not found")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.ckpt"]

@@ -1,0 +1,208 @@
+"""The bench's harness: worker processes, the rotation that times them in turn, statistics, the machine.
+
+Every measurement runs in a child (`bench/worker.py`): MindSpore and MindSpore Lite never share a
+process, and ONEDNN_MAX_CPU_ISA must be set before MindSpore loads. The workers stay alive and are
+asked for one timed call each in turn, with a short pause between them (so that one's spinning
+threads go idle before the next): a busy machine slows all of them alike, and the ratios hold.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+from ..runtime.errors import ToolkitError
+from ..runtime.processes import error_line, module_command, quiet_env, run_module
+
+REPLY_PREFIX = "@@bench "  # replies are single lines with this prefix: libraries print to stdout too
+PAUSE_S = 0.03
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "hypervisor")
+Log = Callable[[str], None]
+
+
+class WorkerFailed(ToolkitError):
+    pass
+
+
+def reply(payload: Dict[str, Any]) -> None:
+    """A child's answer to the parent: one prefixed JSON line."""
+    print(REPLY_PREFIX + json.dumps(payload), flush=True)
+
+
+def run_child(module: str, *args: object, what: str) -> Dict[str, Any]:
+    """Run a package module to completion; its last reply."""
+    replies = [line[len(REPLY_PREFIX):] for line in run_module(module, *args, what=what).stdout.splitlines()
+               if line.startswith(REPLY_PREFIX)]
+    if not replies:
+        raise ToolkitError(f"{what} gave no result")
+    return json.loads(replies[-1])
+
+
+@contextlib.contextmanager
+def scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
+    """`work` (created if missing, removed again if left empty), or a temporary folder removed at the end."""
+    if work is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+            yield Path(folder)
+        return
+    created = not work.exists()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if created and not any(work.iterdir()):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def onnx_session(model: Any, threads: Optional[int] = None):
+    """An onnxruntime CPU session for a model that is not a U-Net artifact (the peak MatMul, the classifier)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class Worker:
+    """The parent's handle on one `bench.worker` child: ask(op, ...) -> its JSON reply."""
+
+    def __init__(self, label: str, spec: Dict[str, Any], env: Dict[str, str], log_dir: Path):
+        self.label, self.ready = label, {}
+        self.log_path = log_dir / f"worker-{label.replace(' ', '_').replace('/', '_')}.log"
+        with self.log_path.open("w") as stderr:
+            self.proc = subprocess.Popen(module_command("bench.worker", json.dumps(spec)), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=stderr, text=True, env={**quiet_env(), **env})
+
+    def receive(self) -> Dict[str, Any]:
+        for line in self.proc.stdout:
+            if line.startswith(REPLY_PREFIX):
+                answer = json.loads(line[len(REPLY_PREFIX):])
+                if "error" in answer:
+                    raise WorkerFailed(f"{self.label}: {answer['error']}")
+                return answer
+        self.proc.wait()
+        stderr = self.log_path.read_text(errors="replace")
+        detail = error_line(stderr) or next(reversed(stderr.strip().splitlines()), "no output")
+        raise WorkerFailed(f"{self.label}: the worker exited with code {self.proc.returncode}: {detail[:300]}")
+
+    def send(self, op: str, **kwargs: Any) -> None:
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            raise WorkerFailed(f"{self.label}: the worker is gone (see {self.log_path})") from None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ask(self, op: str, **kwargs: Any) -> Dict[str, Any]:
+        self.send(op, **kwargs)
+        return self.receive()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # the worker's loop ends at end of input
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_workers(specs: Dict[str, tuple], log_dir: Path, errors: Dict[str, str]) -> Dict[str, Worker]:
+    """Start every (spec, env) side by side; those that fail to open are reported in `errors` and left out."""
+    starting = {label: Worker(label, spec, env, log_dir) for label, (spec, env) in specs.items()}
+    ready = {}
+    for label, worker in starting.items():
+        try:
+            worker.ready = worker.receive()["ready"]
+            ready[label] = worker
+        except WorkerFailed as exc:
+            worker.close()
+            errors[label] = str(exc)
+    return ready
+
+
+def rotate(workers: Dict[str, Worker], op: str, args: Dict[str, Any], repeats: int, budget_s: float,
+           errors: Dict[str, str]) -> Dict[str, List[float]]:
+    """An untimed warm-up call in every worker at once, then timed calls one worker at a time, in turn.
+
+    A worker's first timed call sets how many it gets (at most `repeats`, about `budget_s` of calls,
+    at least 2). A worker that fails is reported in `errors` and leaves the rotation."""
+    times: Dict[str, List[float]] = {label: [] for label in workers}
+    owed = dict.fromkeys(workers, 1)  # timed calls still owed; the first one sets the quota
+
+    def failed(label: str, exc: WorkerFailed) -> None:
+        errors[f"{label} ({op} {json.dumps(args)})"] = str(exc)
+        owed[label] = 0
+
+    for step in ("send", "receive"):  # the warm-ups run side by side
+        for label in [label for label in workers if owed[label]]:
+            try:
+                workers[label].send(op, **args, calls=0) if step == "send" else workers[label].receive()
+            except WorkerFailed as exc:
+                failed(label, exc)
+    while any(owed.values()):
+        for label in [label for label in workers if owed[label]]:
+            try:
+                took = workers[label].ask(op, **args, calls=1, warmup=False)["times"]
+            except WorkerFailed as exc:
+                failed(label, exc)
+                continue
+            quota = max(2, min(repeats, int(budget_s / max(took[0], 1e-9)))) if not times[label] else owed[label]
+            times[label] += took
+            owed[label] = quota - 1
+            time.sleep(PAUSE_S)
+    return {label: t for label, t in times.items() if t}
+
+
+def summarize(times: Sequence[float], flops: Optional[float] = None) -> Dict[str, Any]:
+    """n, median and min seconds (and GFLOP/s when the FLOPs per call are known)."""
+    out: Dict[str, Any] = {"n": len(times), "median_s": statistics.median(times), "min_s": min(times),
+                           "times_s": [round(t, 6) for t in times]}
+    if flops:
+        out["gflops_median"] = flops / out["median_s"] / 1e9
+        out["gflops_best"] = flops / out["min_s"] / 1e9
+    return out
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def machine() -> Dict[str, Any]:
+    """The CPU (model name and a summary of its vector flags), core count, load, library versions."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    versions = {}
+    for package in ("onnxruntime", "openvino", "mindspore", "numpy", "onnx"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return {"cpu": cpu, "isa": [flag for flag in ISA_FLAGS if flag in cpu_flags()], "cpus": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "versions": versions}
+
+
+def load_average() -> Optional[List[float]]:
+    with contextlib.suppress(OSError):
+        return [round(v, 2) for v in os.getloadavg()]
+    return None

@@ -1,0 +1,249 @@
+"""`cli.py bench`: U-Net latency per engine against the fp32 MatMul peak, end-to-end sampling against
+its U-Net calls, the MindSpore training step and cold start, in one run; Markdown + JSON.
+
+This process only orchestrates (numpy, onnx for the FLOP count); every measurement runs in a worker
+(bench/harness.py). The rows are data: each runtime backend on each artifact of its format (two
+ONNX graphs where the exporter optimises), peer engines on the ONNX, and MindSpore twice, with and
+without the oneDNN AVX2 cap.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from ..runtime.backends import BACKENDS
+from ..runtime.errors import ToolkitError
+from ..runtime.files import write_text_atomic
+from ..runtime.manifest import Manifest, manifest_path_for
+
+from .harness import (Log, Worker, WorkerFailed, cpu_flags, load_average, machine, rotate, run_child, start_workers,
+                      summarize)
+
+PEERS = {"openvino": "onnx"}  # engines beside the runtime's backends, and the format they read
+ENGINES = (*BACKENDS, *PEERS)
+PEAK = "fp32 matmul peak"
+MATMUL_SIZE = 2048
+E2E_RUNS = (("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10))
+TRAIN_BATCH = 16
+AGREEMENT_BATCH = 4
+Rows = Dict[str, Tuple[Dict[str, Any], Dict[str, str]]]  # label -> (worker spec, environment)
+
+
+@dataclass
+class BenchSettings:
+    work: Path  # absolute: models, worker logs
+    quick: bool = False
+    checkpoint: Optional[Path] = None  # None: an untrained model (tutorial-size, or tiny with --quick)
+    batches: Tuple[int, ...] = (1, 16, 64)
+    repeats: Optional[int] = None  # timed calls per engine and batch (default 10, quick 3)
+    threads: Optional[int] = None  # None: every engine's own default
+    engines: Tuple[str, ...] = ENGINES
+    e2e_images: int = 64
+
+    def __post_init__(self) -> None:
+        self.repeats = self.repeats or (3 if self.quick else 10)
+        self.budget_s = 2.0 if self.quick else 20.0  # per engine and batch: a slow engine gets fewer calls
+
+
+def onednn_settings(flags: Set[str]) -> Dict[str, Dict[str, str]]:
+    """MindSpore's two rows: with the oneDNN AVX2 cap (where the CPU has AVX2) and without a cap."""
+    capped = {"AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}} if "avx2" in flags else {}
+    return {**capped, "ALL": {"ONEDNN_MAX_CPU_ISA": "ALL"}}
+
+
+def engine_rows(s: BenchSettings, artifacts: List[Dict[str, Any]], checkpoint: str, flags: Set[str],
+                missing: Dict[str, str]) -> Rows:
+    """Every requested engine on every artifact of its format; what cannot run goes to `missing`."""
+    rows: Rows = {}
+    for engine in s.engines:
+        if engine in PEERS and importlib.util.find_spec(engine) is None:
+            missing[engine] = f"not installed (pip install {engine})"
+            continue
+        fmt = BACKENDS[engine].format if engine in BACKENDS else PEERS[engine]
+        if not any(a["format"] == fmt for a in artifacts):
+            missing[engine] = f"no {fmt} export (see Not measured)"
+        for artifact in [a for a in artifacts if a["format"] == fmt]:
+            label = engine + (f" ({artifact['graph']} graph)" if artifact["graph"] else "")
+            spec = {"kind": engine, "artifact": artifact["path"], "threads": s.threads, "checkpoint": checkpoint}
+            settings = onednn_settings(flags) if engine == "mindspore" else {"": {}}
+            rows.update({f"{label} {isa}".strip(): (spec, env) for isa, env in settings.items()})
+        if engine == "mindspore" and "avx2" not in flags:
+            missing["mindspore AVX2"] = "the CPU has no AVX2"
+    return rows
+
+
+class Bench:
+    def __init__(self, settings: BenchSettings, log: Log):
+        self.s = settings
+        began = time.perf_counter()
+        self.log = lambda line: log(f"[{time.perf_counter() - began:6.1f} s] {line}")
+        self.workers: Dict[str, Worker] = {}
+        self.errors: Dict[str, str] = {}
+        self.missing: Dict[str, str] = {}  # rows that were not measured, and why (short)
+        self.result: Dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v
+                                                    for k, v in asdict(settings).items()}}
+
+    def run(self) -> Dict[str, Any]:
+        began = time.perf_counter()
+        self.result.update(machine=machine(), load_average_start=load_average())
+        self._prepare()
+        try:
+            self._start_workers()
+            self._unet_latency()
+            self._agreement()
+            self._end_to_end()
+            self._training()
+        finally:
+            for worker in self.workers.values():
+                worker.close()
+        self._cold_start()
+        self.result.update(errors=self.errors, missing=self.missing, load_average_end=load_average(),
+                           duration_s=round(time.perf_counter() - began, 1))
+        return self.result
+
+    def _prepare(self) -> None:
+        self.log("preparing models (checkpoint -> exports) ...")
+        formats = {"onnx"} | {BACKENDS[e].format for e in self.s.engines if e in BACKENDS}
+        args = [self.s.work, ",".join(sorted(formats))]
+        args += ["--checkpoint", self.s.checkpoint] if self.s.checkpoint else (["--tiny"] if self.s.quick else [])
+        prepared = run_child("bench.prepare", *args, what="preparing the models")
+        self.errors.update(prepared["errors"])
+        self.result["models"] = prepared
+        onnx = next((a["path"] for a in prepared["artifacts"] if a["format"] == "onnx"), None)
+        if onnx is None:
+            raise ToolkitError(f"could not export the model to ONNX: {prepared['errors'].get('export onnx')}")
+        from .flops import count_flops
+
+        self.flops_per_image = count_flops(onnx, 1)
+        self.manifest = Manifest.load(manifest_path_for(Path(onnx)))
+        self.result["model"] = {"config": self.manifest.config["model"], "timesteps": self.manifest.timesteps,
+                                "gflop_per_image": self.flops_per_image / 1e9}
+
+    def _start_workers(self) -> None:
+        models = self.result["models"]
+        rows = engine_rows(self.s, models["artifacts"], models["checkpoint"], cpu_flags(), self.missing)
+        rows[PEAK] = ({"kind": "matmul", "size": MATMUL_SIZE, "threads": self.s.threads}, {})
+        self.rows = rows
+        self.log(f"starting workers: {', '.join(rows)} ...")
+        self.workers = start_workers(rows, self.s.work, self.errors)
+        self.missing.update({label: "failed (see Not measured)" for label in rows if label not in self.workers})
+        self.unet_labels = [label for label in rows if label in self.workers and label != PEAK]
+        self.result["open_s"] = {label: self.workers[label].ready["open_s"] for label in self.unet_labels}
+
+    def _alive(self, labels: List[str]) -> Dict[str, Worker]:
+        return {label: self.workers[label] for label in labels if label in self.workers and self.workers[label].alive}
+
+    def _unet_latency(self) -> None:
+        rows, peak_times = [], []
+        for batch in self.s.batches:
+            workers = self._alive(self.unet_labels + [PEAK])
+            self.log(f"U-Net calls at batch {batch} ({', '.join(workers)}; in turn) ...")
+            measured = rotate(workers, "time", {"batch": batch}, self.s.repeats, self.s.budget_s, self.errors)
+            peak_times += measured.pop(PEAK, [])
+            rows += [{"backend": label, "batch": batch, **summarize(times, self.flops_per_image * batch)}
+                     for label, times in measured.items()]
+        peak = summarize(peak_times, 2 * MATMUL_SIZE ** 3) if peak_times else None
+        self.result["peak"] = {"size": MATMUL_SIZE, "engine": "onnxruntime MatMul (MLAS)", **(peak or {})}
+        for row in rows:
+            row["peak_fraction_best"] = row["gflops_best"] / peak["gflops_best"] if peak else None
+            row["peak_fraction_median"] = row["gflops_median"] / peak["gflops_median"] if peak else None
+            first = next(r for r in rows if r["batch"] == row["batch"])
+            row["vs_first"] = row["median_s"] / first["median_s"]
+        self.result["unet"] = rows
+
+    def _agreement(self) -> None:
+        """Every engine's output on the same inputs against the first engine's (the export gate's measures)."""
+        import numpy as np
+
+        from ..export.gate import compare
+
+        outputs = {}
+        for label, worker in self._alive(self.unet_labels).items():
+            try:
+                outputs[label] = np.load(worker.ask("output", batch=AGREEMENT_BATCH,
+                                                    path=str(self.s.work / f"eps-{len(outputs)}.npy"))["path"])
+            except WorkerFailed as exc:
+                self.errors[f"{label} (output)"] = str(exc)
+        reference = next(iter(outputs.values()), None)
+        self.result["agreement"] = {label: compare(reference, eps) for label, eps in outputs.items()}
+
+    def _end_to_end(self) -> None:
+        runs, n, timesteps = [], self.s.e2e_images, self.manifest.timesteps
+        runtime = next(iter(self._alive(self.unet_labels[:1]).items()), None)
+        for name, steps in E2E_RUNS if runtime else ():
+            steps = min(steps, timesteps)
+            self.log(f"end to end: {n} images, {name}-{steps} ({runtime[0]}) ...")
+            try:
+                runs.append({"path": f"runtime ({runtime[0]})", "scheduler": name, "steps": steps,
+                             "extrapolated": False, **runtime[1].ask("sample", n=n, scheduler=name, steps=steps)})
+            except WorkerFailed as exc:
+                self.errors[f"end to end {name}-{steps}"] = str(exc)
+        reference = next(iter(self._alive([label for label in self.unet_labels if label.startswith("mindspore")])
+                              .items()), None)
+        if reference:
+            probe = 3 if self.s.quick else 6
+            self.log(f"end to end: MindSpore reference DDPM ({probe} of {timesteps} steps, extrapolated) ...")
+            try:
+                steps = reference[1].ask("reference", n=n, steps=probe)["times"][1:]  # the first step compiles
+                runs.append({"path": f"MindSpore reference (graph mode, {reference[0].split()[-1]})",
+                             "scheduler": "ddpm", "steps": timesteps, "extrapolated": True,
+                             "seconds": statistics.median(steps) * timesteps, "measured_steps": len(steps)})
+            except WorkerFailed as exc:
+                self.errors["MindSpore reference"] = str(exc)
+        base = next((r["seconds"] for r in runs if r["scheduler"] == "ddpm" and not r["extrapolated"]), None)
+        for run in runs:
+            run["vs_runtime_ddpm"] = run["seconds"] / base if base else None
+        self.result["end_to_end"] = {"images": n, "runs": runs}
+
+    def _training(self) -> None:
+        workers = self._alive([label for label in self.unet_labels if label.startswith("mindspore")])
+        if not workers:
+            return
+        self.log(f"MindSpore train step at batch {TRAIN_BATCH} ({', '.join(workers)}; in turn) ...")
+        measured = rotate(workers, "train", {"batch": TRAIN_BATCH}, max(3, self.s.repeats // 2), 2 * self.s.budget_s,
+                          self.errors)
+        rows = [{"isa": label.split()[-1], "batch": TRAIN_BATCH, **summarize(times)} for label, times in measured.items()]
+        capped = next((r for r in rows if r["isa"] == "AVX2"), None)
+        for row in rows:
+            row["slowdown_vs_avx2"] = row["median_s"] / capped["median_s"] if capped else None
+        self.result["training"] = rows
+
+    def _cold_start(self) -> None:
+        """The app runtime's start-up (MindSpore's own import takes seconds: not timed here)."""
+        rows = []
+        for label in self.unet_labels:
+            spec = self.rows[label][0]
+            if spec["kind"] not in BACKENDS or spec["kind"] == "mindspore":
+                continue
+            self.log(f"cold start: {label} (fresh processes) ...")
+            try:
+                samples = [_cold_start_once(spec) for _ in range(3)]
+            except ToolkitError as exc:
+                self.errors[f"cold start {label}"] = str(exc)
+                continue
+            rows.append({"backend": label, "runs": len(samples),
+                         **{key: statistics.median(s[key] for s in samples) for key in samples[0]}})
+        self.result["cold_start"] = rows
+
+
+def _cold_start_once(spec: Dict[str, Any]) -> Dict[str, float]:
+    began = time.perf_counter()
+    times = run_child("bench.worker", json.dumps({**spec, "cold_start": True}), what="cold start")
+    return {**times, "process_s": time.perf_counter() - began}
+
+
+def run_bench(settings: BenchSettings, out: Path, log: Log, command: str) -> Dict[str, Any]:
+    """Run everything; write OUT.json and OUT.md (`out` without suffix, absolute). Returns the result."""
+    from .report import render_markdown
+
+    result = Bench(settings, log).run()
+    result["command"] = command
+    write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+    write_text_atomic(out.with_suffix(".md"), render_markdown(result))
+    log(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} ({result['duration_s']:.0f} s)")
+    return result
