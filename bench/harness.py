@@ -1,9 +1,8 @@
 """The bench's harness: worker processes, the rotation that times them in turn, statistics, the machine.
 
-Every measurement runs in a child (`bench/worker.py`): MindSpore and MindSpore Lite never share a
-process, and ONEDNN_MAX_CPU_ISA must be set before MindSpore loads. The workers stay alive and are
-asked for one timed call each in turn, with a short pause between them (so that one's spinning
-threads go idle before the next): a busy machine slows all of them alike, and the ratios hold.
+Each measurement runs in a worker (bench/worker.py; MindSpore and Lite never share a process). The
+workers stay alive and make one timed call each in turn, with a short pause between them (one's
+spinning threads go idle before the next): a busy machine slows all alike, and the ratios hold.
 """
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -48,7 +46,7 @@ def run_child(module: str, *args: object, what: str) -> Dict[str, Any]:
 
 @contextlib.contextmanager
 def scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
-    """`work` (created if missing, removed again if left empty), or a temporary folder removed at the end."""
+    """`work` (created if missing, and removed again if left empty), or a temporary folder removed at the end."""
     if work is None:
         with tempfile.TemporaryDirectory(prefix=prefix) as folder:
             yield Path(folder)
@@ -58,8 +56,8 @@ def scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
     try:
         yield work
     finally:
-        if created and not any(work.iterdir()):
-            shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            created and work.rmdir()  # fails unless empty
 
 
 def onnx_session(model: Any, threads: Optional[int] = None):
@@ -177,29 +175,27 @@ def summarize(times: Sequence[float], flops: Optional[float] = None) -> Dict[str
     return out
 
 
-def cpu_flags() -> set:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+def _cpuinfo(key: str) -> str:
+    """The first `key : value` of /proc/cpuinfo ('' where there is none)."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
+        return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith(key)), "")
+    return ""
+
+
+def cpu_flags() -> set:
+    return set(_cpuinfo("flags").split())
 
 
 def machine() -> Dict[str, Any]:
-    """The CPU (model name and a summary of its vector flags), core count, load, library versions."""
-    from importlib import metadata
+    """The CPU (model name and a summary of its vector flags), core count, platform, library versions."""
+    from importlib import metadata, util
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    versions = {}
-    for package in ("onnxruntime", "openvino", "mindspore", "numpy", "onnx"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    return {"cpu": cpu, "isa": [flag for flag in ISA_FLAGS if flag in cpu_flags()], "cpus": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(), "versions": versions}
+    return {"cpu": _cpuinfo("model name") or platform.processor() or platform.machine(),
+            "isa": [flag for flag in ISA_FLAGS if flag in cpu_flags()], "cpus": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "versions": {p: metadata.version(p) for p in ("onnxruntime", "openvino", "mindspore", "numpy", "onnx")
+                         if util.find_spec(p)}}
 
 
 def load_average() -> Optional[List[float]]:
