@@ -20,27 +20,73 @@ if __name__ == "__main__" and not __package__:  # `python cli.py` in a checkout:
     runpy.run_module("ms_ddpm.cli", run_name="__main__", alter_sys=True)
     raise SystemExit(0)
 
+import functools
+import os
+import signal
 import sys
+from importlib import metadata
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
-from .runtime.errors import ToolkitError, run_main
+from .runtime.errors import DEBUG_ENV, ToolkitError, run_main
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and deploy the MindSpore tutorial's DDPM.")
+# Usage errors (click's, vendored by recent typer) become our one `error:` line; found by name in typer's own class.
+USAGE_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
+
+
+class Interrupted(ToolkitError):
+    exit_code = 130
+
+
+def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A command that ends on Ctrl-C with one line and exit 130; writes are atomic, so no partial file is left.
+
+    SIGTERM counts as Ctrl-C: while a compiled graph runs, MindSpore turns SIGINT into a SIGTERM to its own process.
+    """
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted("interrupted; no partial output was written") from exc
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return run
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"ms-ddpm {metadata.version('ms-ddpm')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help=f"On an error, print the full chained traceback too "
+                                                      f"(same as {DEBUG_ENV}=1; child processes inherit it)."),
+) -> None:
+    """Train, export and deploy the MindSpore tutorial's DDPM."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
 
 # Each area keeps its commands in its own module; registration order is the order in --help.
 from .train import commands as train_commands  # noqa: E402  (light: no MindSpore at import)
 
 app.command("train")(train_commands.train)
-app.command("noise")(train_commands.noise)
+app.command("noise")(interruptible(train_commands.noise))
 
 from .export import commands as export_commands  # noqa: E402  (light: MindSpore only inside the commands)
 
-app.command("export")(export_commands.export)
-app.command("verify")(export_commands.verify)
+app.command("export")(interruptible(export_commands.export))
+app.command("verify")(interruptible(export_commands.verify))
 
 from .bench import commands as bench_commands  # noqa: E402  (light: heavy imports inside the commands)
 
@@ -51,12 +97,17 @@ from .runtime import web as web_command  # noqa: E402  (light: the standard libr
 
 app.command("web")(web_command.web)
 
+from .runtime import commands as runtime_commands  # noqa: E402  (light: onnxruntime only inside `sample`)
+
+app.command("info")(runtime_commands.info)
+
 
 # `sample` options that only the runtime path (--artifact) uses.
 RUNTIME_ONLY = ("backend", "scheduler", "steps", "eta", "spacing", "clip_x0", "batch", "threads", "provider")
 
 
 @app.command()
+@interruptible
 def sample(
     ctx: typer.Context,
     checkpoint: Optional[Path] = typer.Option(None, help="MindSpore reference path: a .ckpt file or run directory."),
@@ -70,11 +121,12 @@ def sample(
     n: int = typer.Option(16, help="Number of images."),
     batch: Optional[int] = typer.Option(None, help="Images per U-Net call (default: all at once, or the artifact's fixed batch)."),
     seed: int = typer.Option(0, help="Seed of the numpy noise generator (same seed, same images)."),
-    out: Path = typer.Option(Path("samples.png"), help="PNG grid to write."),
+    out: Path = typer.Option(Path("samples.png"), help="The grid to write: .png, .jpg or .webp (format by suffix)."),
     gif: Optional[Path] = typer.Option(None, help="Also write a GIF of the denoising process."),
     npz: Optional[Path] = typer.Option(None, help="Also write the uint8 images as .npz (key: images)."),
     threads: Optional[int] = typer.Option(None, help="Runtime intra-op threads (default: the backend's)."),
     provider: Optional[List[str]] = typer.Option(None, help="onnxruntime execution provider(s), e.g. CUDAExecutionProvider."),
+    progress: bool = typer.Option(True, help="Show a progress bar (only ever on a terminal)."),
 ) -> None:
     """Generate images, either from a checkpoint (MindSpore reference DDPM sampler) or from an exported artifact (runtime)."""
     if (checkpoint is None) == (artifact is None):
@@ -83,13 +135,11 @@ def sample(
         raise ToolkitError(f"--n must be >= 1, got {n}")
     if checkpoint is not None:
         _refuse_runtime_options(ctx)
-        train_commands.sample_reference(checkpoint, n=n, seed=seed, out=out, gif=gif, npz=npz)
+        train_commands.sample_reference(checkpoint, n=n, seed=seed, out=out, gif=gif, npz=npz, progress=progress)
     else:
-        from .runtime import commands as runtime_commands
-
         runtime_commands.sample_artifact(artifact, backend=backend, scheduler=scheduler, steps=steps, eta=eta, n=n,
                                          batch=batch, seed=seed, out=out, gif=gif, npz=npz, threads=threads,
-                                         providers=provider, spacing=spacing, clip_x0=clip_x0)
+                                         providers=provider, spacing=spacing, clip_x0=clip_x0, progress=progress)
 
 
 def _refuse_runtime_options(ctx: typer.Context) -> None:
@@ -102,8 +152,21 @@ def _refuse_runtime_options(ctx: typer.Context) -> None:
 
 
 def main() -> None:
-    """Run the CLI; our errors become one line on stderr and their exit code, never a traceback."""
-    run_main(lambda: app(prog_name="ms-ddpm" if Path(sys.argv[0]).name == "ms-ddpm" else "python cli.py"))
+    """Run the CLI; our errors and usage errors become one line on stderr and their exit code, never a traceback."""
+    run_main(_run_app)
+
+
+def _run_app() -> None:
+    prog = "ms-ddpm" if Path(sys.argv[0]).name == "ms-ddpm" else "python cli.py"
+    try:
+        code = app(prog_name=prog, standalone_mode=False)  # returns --help's and typer.Exit's code; raises the rest
+    except USAGE_ERROR as exc:
+        if not exc.format_message():  # no command given: the help was printed instead
+            sys.exit(exc.exit_code)
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) else prog
+        raise ToolkitError(f"{exc.format_message()} (see: {command} --help)") from exc
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

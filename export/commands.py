@@ -8,8 +8,11 @@ from typing import Optional
 
 import typer
 
+from ..runtime.commands import check_artifact_path
 from ..runtime.errors import ToolkitError, VerificationFailed
 from ..runtime.files import check_output_dir
+from ..train import require_extra
+from ..train.run_paths import resolve_checkpoint_path
 
 from .formats import FORMATS, check_format
 from .gate import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_SEED, MSLITE_THRESHOLDS, Thresholds, format_report
@@ -40,7 +43,9 @@ def export(
 
     The numeric gate reloads the artifact as a consumer would (onnxruntime; mindspore.load + GraphCell; the Lite runtime in a child process), compares it with the checkpoint's model on random inputs at batch sizes 1, 5, 16, 64 (or the fixed batch), and fails the export (exit 1, nothing written) unless every case meets --atol and --min-cosine.
     """
+    require_extra("export", "mindspore", "onnx")
     fmt, batch_size = check_format(fmt), parse_batch(batch)
+    resolve_checkpoint_path(checkpoint)
     _check_thresholds(atol, min_cosine)
     if not verify and (atol, min_cosine) != (None, None):
         raise ToolkitError("--atol and --min-cosine are thresholds of the numeric gate, which --no-verify skips")
@@ -63,7 +68,10 @@ def verify(
                                     "MindSpore reference from the same noise (gate: PSNR >= 40 dB, max abs <= 1e-3)."),
 ) -> None:
     """Re-run the numeric gate on an artifact against a checkpoint; print the table; exit 1 if it fails."""
+    require_extra("export", "mindspore", "onnx")
     _check_thresholds(atol, min_cosine)
+    check_artifact_path(artifact)
+    resolve_checkpoint_path(checkpoint)
     from .pipeline import GateSettings, verify_artifact
 
     report = verify_artifact(artifact, checkpoint, GateSettings(atol, min_cosine, seed), log=_log)

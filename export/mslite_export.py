@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from ..train import prepare_mindspore
+prepare_mindspore()  # before MindSpore loads: oneDNN ISA cap, quiet logs
 from mindspore import nn
 
 from ..runtime.config import ModelConfig

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Dict, Optional
 
+from ..train import prepare_mindspore
+prepare_mindspore()  # before MindSpore loads: oneDNN ISA cap, quiet logs
 from mindspore import nn
 
 from ..runtime.config import Config, ModelConfig

@@ -5,6 +5,8 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from ..train import prepare_mindspore
+prepare_mindspore()  # before MindSpore loads: oneDNN ISA cap, quiet logs
 import mindspore as ms
 from mindspore import Tensor, nn
 

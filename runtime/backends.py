@@ -130,7 +130,7 @@ def open_onnxruntime(artifact: Path, manifest: Manifest, *, threads: Optional[in
     for provider in providers:
         if provider not in available:
             raise ToolkitError(f"onnxruntime execution provider {provider} is not available "
-                               f"(this install has: {', '.join(available)})")
+                               f"(this install has: {', '.join(available)}; CUDA and TensorRT come with pip install onnxruntime-gpu)")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3

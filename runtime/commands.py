@@ -1,30 +1,47 @@
-"""`cli.py sample --artifact ...`: the runtime's command, with a progress bar over the steps."""
+"""The runtime's CLI commands: `sample --artifact ...` (with a progress bar over the steps) and `info`."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
+import typer
 
+from .errors import ToolkitError
 from .images import check_outputs, save_samples, to_uint8
-from .pipeline import Sampler
+from .manifest import Manifest, manifest_path_for
+from .progress import progress_bar
 from .schedulers import DEFAULT_SPACING
+
+
+def check_artifact_path(artifact: Path) -> Path:
+    """An exported model file; a folder or a manifest given instead gets a message that names the file to give."""
+    artifact = Path(artifact)
+    if artifact.is_dir():
+        models = sorted(path.name for path in artifact.iterdir() if manifest_path_for(path).is_file())
+        example = artifact / (models[0] if models else "unet.onnx")
+        raise ToolkitError(f"{artifact} is a folder: give the model file, e.g. {example}")
+    if artifact.suffix.lower() == ".json":
+        raise ToolkitError(f"give the model file, not its manifest: {artifact.with_suffix('')}")
+    if not artifact.is_file():
+        raise ToolkitError(f"artifact not found: {artifact}")
+    return artifact
 
 
 def sample_artifact(artifact: Path, *, backend: Optional[str], scheduler: str, steps: Optional[int], eta: float,
                     n: int, batch: Optional[int], seed: int, out: Path, gif: Optional[Path], npz: Optional[Path],
                     threads: Optional[int], providers: Optional[Sequence[str]], spacing: str = DEFAULT_SPACING,
-                    clip_x0: bool = False) -> None:
-    """Sample n images from an exported artifact; write the PNG grid (+ GIF of the denoising, + .npz)."""
-    from tqdm import tqdm
-
+                    clip_x0: bool = False, progress: bool = True) -> None:
+    """Sample n images from an exported artifact; write the grid (+ GIF of the denoising, + .npz)."""
     check_outputs(out, gif, npz)
-    sampler = Sampler.load(artifact, backend, batch=batch, threads=threads, providers=providers)
+    from .pipeline import Sampler
+
+    sampler = Sampler.load(check_artifact_path(artifact), backend, batch=batch, threads=threads, providers=providers)
     chosen = sampler.scheduler(scheduler, steps, eta=eta, spacing=spacing, clip_x0=clip_x0)
     frames: List[np.ndarray] = []
-    with tqdm(total=len(chosen.timesteps), desc=f"{scheduler} sampling", unit="step") as progress:
+    with progress_bar(progress, total=len(chosen.timesteps), desc=f"{scheduler} sampling", unit="step") as bar:
         def on_step(index: int, t: int, x: np.ndarray) -> None:
-            progress.update()
+            bar.update()
             if gif is not None:
                 frames.append(to_uint8(x))
 
@@ -32,3 +49,10 @@ def sample_artifact(artifact: Path, *, backend: Optional[str], scheduler: str, s
     written = save_samples(out, images, gif, frames, npz)
     print(f"{n} images ({scheduler}, {len(chosen.timesteps)} steps, {sampler.backend.name}) -> "
           + ", ".join(map(str, written)))
+
+
+def info(artifact: Path = typer.Argument(..., help="An exported model (unet.onnx, ...) or its manifest (unet.onnx.json).")
+         ) -> None:
+    """Describe an exported model from its manifest: format, config, batch policy, opset, gate result, sha256."""
+    manifest = artifact if artifact.suffix.lower() == ".json" else manifest_path_for(check_artifact_path(artifact))
+    typer.echo("\n".join([f"manifest: {manifest}", *Manifest.load(manifest).describe()]))

@@ -5,24 +5,16 @@ removed by the next write of the same target (its writer's pid no longer runs).
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import glob
 import hashlib
 import os
 import re
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
 from .errors import ToolkitError
-
-# Test-only crash point (tests/test_interrupted.py): "NAME:N" makes the N-th finished temporary of a file
-# called NAME, in this process, say so on stderr and wait to be killed instead of being renamed.
-HOLD_BEFORE_RENAME = "MS_DDPM_TEST_HOLD_BEFORE_RENAME"
-_finished: collections.Counter = collections.Counter()  # finished temporaries per file name
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -68,7 +60,7 @@ def _create_temporary(final: Path, suffix: str = "") -> Path:
     try:
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=final.parent)
     except OSError as exc:
-        raise ToolkitError(f"output directory is not writable: {final.parent} ({exc.strerror})") from None
+        raise ToolkitError(f"output directory is not writable: {final.parent} ({exc.strerror})") from exc
     os.close(fd)
     return Path(name)
 
@@ -77,10 +69,9 @@ def _commit(tmp: Path, final: Path) -> None:
     """Make the finished temporary durable, then rename it onto `final`."""
     try:
         _make_durable(tmp)
-        _hold_if_asked(final)
         os.replace(tmp, final)
     except OSError as exc:
-        raise ToolkitError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise ToolkitError(f"cannot write {final}: {exc.strerror or exc}") from exc
 
 
 def _make_durable(path: Path) -> None:
@@ -112,17 +103,6 @@ def _running(pid: int) -> bool:
     except PermissionError:  # it exists, as someone else's
         pass
     return True
-
-
-def _hold_if_asked(final: Path) -> None:
-    """The test-only crash point (HOLD_BEFORE_RENAME); does nothing unless that variable names `final`."""
-    name, _, count = os.environ.get(HOLD_BEFORE_RENAME, "").rpartition(":")
-    if final.name != name:
-        return
-    _finished[name] += 1
-    if _finished[name] == int(count):
-        print(f"{HOLD_BEFORE_RENAME}: holding {final}", file=sys.stderr, flush=True)
-        time.sleep(3600)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

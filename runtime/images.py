@@ -1,6 +1,8 @@
-"""Turning samples into files: PNG grid, denoising GIF (as in the tutorial) and .npz. Atomic writes."""
+"""Turning samples into files: a grid picture (PNG, JPEG or WebP by the file's suffix), the denoising GIF
+(as in the tutorial) and .npz. Atomic writes; output names are checked before any slow work."""
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +12,10 @@ from PIL import Image
 
 from .errors import ToolkitError
 from .files import atomic_path, check_output_dir
+
+# Grid formats by suffix, with the options that keep them faithful (JPEG is lossy by nature).
+IMAGE_FORMATS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
+                 ".webp": ("WEBP", {"lossless": True})}
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -42,9 +48,20 @@ def _pil(array: np.ndarray, scale: int | None, image_size: int) -> Image.Image:
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
 
 
+def image_format(path: str | Path, option: str = "--out") -> tuple[str, dict]:
+    """Pillow's format name and save options for a grid file, from its suffix; refuses other suffixes."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ToolkitError(f"{option} {path}: {f'unknown image suffix {suffix!r}' if suffix else 'no file suffix'}; "
+                           f"name a {', '.join(IMAGE_FORMATS)} file")
+    return IMAGE_FORMATS[suffix]
+
+
 def save_grid(path: str | Path, images: np.ndarray, scale: int | None = None, columns: int | None = None) -> Path:
-    with atomic_path(path, suffix=".png") as tmp:
-        _pil(make_grid(images, columns), scale, images.shape[1]).save(tmp, format="PNG")
+    """The images as one mosaic, in the format the suffix names (PNG, JPEG or WebP)."""
+    name, options = image_format(path)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        _pil(make_grid(images, columns), scale, images.shape[1]).save(tmp, format=name, **options)
     return Path(path)
 
 
@@ -72,11 +89,20 @@ def save_npz(path: str | Path, images: np.ndarray) -> Path:
     return Path(path)
 
 
-def check_outputs(*paths: Path | None) -> None:
-    """Fail before any slow work if an output cannot be written (None entries are skipped)."""
-    for path in paths:
-        if path is not None:
-            check_output_dir(path)
+def check_outputs(out: Path, gif: Path | None = None, npz: Path | None = None) -> None:
+    """Fail before any slow work if the outputs of `save_samples` cannot be written as named: a grid with an
+    image suffix, a .gif, no two options naming one file, each in an existing, writable folder."""
+    if Path(out).is_dir():
+        raise ToolkitError(f"--out {out} is a folder: name the picture to write, e.g. {Path(out) / 'samples.png'}")
+    image_format(out)
+    if gif is not None and Path(gif).suffix.lower() != ".gif":
+        raise ToolkitError(f"--gif {gif}: the denoising animation is a GIF; name a .gif file")
+    named = {option: Path(path) for option, path in (("--out", out), ("--gif", gif), ("--npz", npz)) if path is not None}
+    for (first, path), (second, other) in itertools.combinations(named.items(), 2):
+        if path.resolve() == other.resolve():
+            raise ToolkitError(f"{first} and {second} name the same file ({path}): give each output its own name")
+    for path in named.values():
+        check_output_dir(path)
 
 
 def save_samples(out: Path, images: np.ndarray, gif: Path | None = None, frames: Sequence[np.ndarray] = (),

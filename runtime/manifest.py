@@ -81,6 +81,23 @@ class Manifest:
     def tables(self) -> ScheduleTables:
         return ScheduleTables.from_betas(np.asarray(self.betas, dtype=np.float64))
 
+    def describe(self) -> List[str]:
+        """The manifest in words, one fact a line (`ms-ddpm info`)."""
+        config = self.run_config
+        batch = "dynamic (any batch size)" if self.fixed_batch is None else f"fixed at {self.fixed_batch} (larger runs are chunked)"
+        return [
+            f"artifact: {self.artifact} ({self.format}), sha256 {self.artifact_sha256}",
+            "model: " + ", ".join(f"{key} {value}" for key, value in asdict(config.model).items()),
+            f"diffusion: {config.diffusion.schedule} schedule, T = {self.timesteps}, trained with {config.diffusion.loss} loss",
+            f"inputs: {_tensors_in_words(self.inputs)}",
+            f"outputs: {_tensors_in_words(self.outputs)}",
+            f"batch: {batch}",
+            f"opset: {self.opset if self.opset is not None else 'n/a'}",
+            f"gate: {_gate_in_words(self.verification)}",
+            f"source checkpoint sha256: {self.source_checkpoint_sha256}",
+            f"written by: ms-ddpm {self.package_version} (manifest format {self.format_version})",
+        ] + [f"{key}: {_in_words(value)}" for key, value in self.extra.items()]
+
     # ---- I/O -----------------------------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -152,6 +169,29 @@ def manifest_path_for(artifact: str | Path) -> Path:
     """`unet.onnx` -> `unet.onnx.json`."""
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + ".json")
+
+
+def _gate_in_words(verification: Dict[str, Any]) -> str:
+    """The numeric gate's verdict and worst case, from the manifest's verification entry."""
+    if verification.get("skipped"):
+        return f"NOT VERIFIED ({verification.get('warning', 'exported with --no-verify')})"
+    verdict = "PASS" if verification.get("passed") else "FAIL"
+    return (f"{verdict}: worst max abs {_in_words(verification.get('worst_max_abs'))} (<= {_in_words(verification.get('atol'))}), "
+            f"worst cosine {_in_words(verification.get('worst_cosine'))} (>= {_in_words(verification.get('min_cosine'))}), "
+            f"{len(verification.get('cases', []))} cases, loaded by {verification.get('loader', '?')}")
+
+
+def _tensors_in_words(specs: List[TensorSpec]) -> str:
+    return "; ".join(f"{spec.name} {spec.dtype} {spec.shape}" for spec in specs)
+
+
+def _in_words(value: Any) -> str:
+    """A JSON value for one line: floats short, objects as key=value pairs."""
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={_in_words(item)}" for key, item in value.items())
+    return "?" if value is None else str(value)
 
 
 def _positive_int(value: Any) -> bool:

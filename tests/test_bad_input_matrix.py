@@ -192,7 +192,8 @@ def _poisoned_checkpoint(case: Case, value: float, where: str = "weights") -> Pa
     """The tiny checkpoint with one value of its weights (or of Adam's first moment) replaced."""
     from mindspore import Tensor, nn
 
-    from ms_ddpm.train.checkpoint import LATEST, load_model, save_checkpoint
+    from ms_ddpm.train.checkpoint import load_model, save_checkpoint
+    from ms_ddpm.train.run_paths import LATEST
 
     net, source = load_model(case.checkpoint)
     optimizer = nn.Adam(net.trainable_params()) if where == "optimizer" else None

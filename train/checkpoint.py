@@ -11,6 +11,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from . import prepare_mindspore
+prepare_mindspore()  # before MindSpore loads: oneDNN ISA cap, quiet logs
 import mindspore as ms
 from mindspore import Tensor, nn
 
@@ -19,12 +21,12 @@ from ..runtime.errors import ToolkitError, first_line
 from ..runtime.files import atomic_path, write_text_atomic
 
 from .model import Unet, build_unet
+from .run_paths import resolve_checkpoint_path
 
 CONFIG_KEY = "config_json"
 STEP_KEY = "step"
 EMA_PREFIX = "ema."
 OPT_PREFIX = "opt."
-LATEST = "latest.ckpt"
 
 
 @dataclass
@@ -63,28 +65,13 @@ def optimizer_state(optimizer: nn.Optimizer, net: nn.Cell) -> list:
     return [p for p in optimizer.get_parameters() if p.name not in weights and p.name != "learning_rate"]
 
 
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """Accept a .ckpt file or a run/checkpoint directory (which means its latest.ckpt)."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / LATEST, path / "checkpoints" / LATEST):
-            if candidate.is_file():
-                return candidate
-        raise ToolkitError(f"no {LATEST} in checkpoint directory: {path}")
-    if not path.is_file():
-        raise ToolkitError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise ToolkitError(f"checkpoint is an empty file: {path}")
-    return path
-
-
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and validate a checkpoint; every failure is a one-line ToolkitError naming the file."""
     path = resolve_checkpoint_path(path)
     try:
         raw = ms.load_checkpoint(str(path))
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with long text
-        raise ToolkitError(f"corrupt or unreadable checkpoint: {path} ({first_line(exc)})") from None
+        raise ToolkitError(f"corrupt or unreadable checkpoint: {path} ({first_line(exc)})") from exc
     if CONFIG_KEY not in raw:
         raise ToolkitError(f"checkpoint has no embedded config (not written by this toolkit?): {path}")
     config = Config.from_json(raw.pop(CONFIG_KEY))

@@ -16,8 +16,11 @@ from ..runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
 from ..runtime.errors import ToolkitError
 from ..runtime.files import check_output_dir
 from ..runtime.images import check_outputs, save_grid, save_samples, to_uint8
+from ..runtime.progress import progress_bar
 
+from . import prepare_mindspore, require_extra
 from .launch import launch_workers, msrun_worker_count
+from .run_paths import LATEST, resolve_checkpoint_path
 
 
 def _parse_mults(text: Optional[str]) -> Optional[tuple]:
@@ -25,8 +28,8 @@ def _parse_mults(text: Optional[str]) -> Optional[tuple]:
         return None
     try:
         mults = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ToolkitError(f"--dim-mults must be comma-separated integers like 1,2,4, got {text!r}") from None
+    except ValueError as exc:
+        raise ToolkitError(f"--dim-mults must be comma-separated integers like 1,2,4, got {text!r}") from exc
     if not mults or min(mults) < 1:
         raise ToolkitError(f"--dim-mults must be positive integers, got {text!r}")
     return mults
@@ -42,7 +45,8 @@ def _with_overrides(config: Config, overrides: Dict[str, Dict[str, Any]]) -> Con
 def train(
     data: Optional[str] = typer.Option(None, help="'digits' (embedded scikit-learn digits, the default), a folder of images, "
                                                    "IDX file(s) such as Fashion-MNIST's train-images-idx3-ubyte[.gz], or an .npz."),
-    out: Path = typer.Option(Path("runs/default"), help="Run directory: checkpoints/, config.json, train_log.jsonl, samples."),
+    out: Path = typer.Option(Path("runs/default"), help="Run directory: checkpoints/ (latest.ckpt and config.json), "
+                                                         "train_log.jsonl, samples/ (with --sample-every)."),
     image_size: Optional[int] = typer.Option(None, help="Training resolution (default 28, the tutorial's)."),
     channels: Optional[int] = typer.Option(None, help="1 (grey, default) or 3 (RGB)."),
     dim: Optional[int] = typer.Option(None, help="U-Net base width (default 28, the tutorial's)."),
@@ -60,17 +64,22 @@ def train(
     loss_scale: Optional[bool] = typer.Option(None, "--loss-scale/--no-loss-scale", help="Use the tutorial's DynamicLossScaler (default off in fp32)."),
     seed: Optional[int] = typer.Option(None, help="Seed for init, batches, t and noise (default 0)."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Write checkpoints/latest.ckpt every N steps (default 500)."),
-    sample_every: Optional[int] = typer.Option(None, help="Write a sample grid every N steps (default 0: only at the end)."),
+    sample_every: Optional[int] = typer.Option(None, help="Write a sample grid samples/step-N.png every N steps (default 0: none)."),
     log_every: Optional[int] = typer.Option(None, help="Append the loss to train_log.jsonl every N steps (default 50)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (its config is reused)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool = typer.Option(True, help="Show a progress bar (only ever on a terminal)."),
     workers: Optional[int] = typer.Option(None, help="Train data-parallel on N workers on this machine, launched with "
                                                      "MindSpore's msrun; each takes batch-size/N images of every batch."),
     master_port: int = typer.Option(8118, help="Port of msrun's scheduler, with --workers."),
     distributed: bool = typer.Option(False, "--distributed", help="Run as one data-parallel worker of an msrun job "
                                                                  "(`msrun ... cli.py train --distributed ...`; --workers adds it)."),
 ) -> None:
-    """Train the tutorial's U-Net noise predictor with MindSpore and write checkpoints into the run directory."""
+    """Train the tutorial's U-Net noise predictor with MindSpore and write checkpoints into the run directory.
+
+    Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes the checkpoint and exits 130 / 143;
+    `--resume` continues exactly where it stopped.
+    """
+    require_extra("train", "mindspore")
     if distributed:
         msrun_worker_count()  # fails unless msrun started this process, before the run directory is touched
     overrides = {
@@ -86,18 +95,22 @@ def train(
     from .data import load_images, to_model_range
 
     images = load_images(config.train.data, config.model.image_size, config.model.channels)  # before MindSpore loads
+    prepare_mindspore()
     from .distributed import DistributedContext, join_msrun_cluster
     from .trainer import train as run_training
 
     context = join_msrun_cluster(config.train.batch_size) if distributed else DistributedContext()
     result = run_training(config, to_model_range(images), out, resume=resume, show_progress=progress, context=context)
+    if result.stopped_by is not None:
+        typer.echo(f"interrupted at step {result.step}; checkpoint written; continue with --resume", err=True)
+        raise typer.Exit(128 + result.stopped_by)
     if context.is_main:
         typer.echo(f"trained {result.steps_run} steps in {result.seconds:.1f} s; loss {result.first_loss:.4f} -> "
                    f"{result.last_loss:.4f}; checkpoint: {result.checkpoint}")
 
 
 def _new_run_config(out: Path, overrides: Dict[str, Dict[str, Any]]) -> Config:
-    if (out / "checkpoints" / "latest.ckpt").exists():
+    if (out / "checkpoints" / LATEST).exists():
         raise ToolkitError(f"run directory already holds a checkpoint: {out} (use --resume, or another --out)")
     _check_run_dir(out)
     return _with_overrides(Config(ModelConfig(), DiffusionConfig(), TrainConfig()), overrides)
@@ -112,9 +125,10 @@ def _check_run_dir(out: Path) -> None:
 
 def _resume_config(out: Path, overrides: Dict[str, Dict[str, Any]]) -> Config:
     """The run's own config; only --steps (and --progress) may change on resume."""
+    latest = resolve_checkpoint_path(out / "checkpoints" / LATEST)  # before MindSpore loads
     from .checkpoint import load_checkpoint
 
-    config = load_checkpoint(out / "checkpoints" / "latest.ckpt").config
+    config = load_checkpoint(latest).config
     given = [f"--{key.replace('_', '-')}" for section in overrides.values() for key, value in section.items()
              if value is not None and key != "steps"]
     if given:
@@ -122,11 +136,12 @@ def _resume_config(out: Path, overrides: Dict[str, Dict[str, Any]]) -> Config:
     return _with_overrides(config, {"train": {"steps": overrides["train"]["steps"]}})
 
 
-def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Optional[Path], npz: Optional[Path]) -> None:
+def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Optional[Path], npz: Optional[Path],
+                     progress: bool = True) -> None:
     """The tutorial's ancestral DDPM sampler in MindSpore (compiled), from a checkpoint."""
+    require_extra("train", "mindspore")
+    checkpoint = resolve_checkpoint_path(checkpoint)
     check_outputs(out, gif, npz)
-    from tqdm import tqdm
-
     from ..runtime.schedules import ScheduleTables
 
     from .checkpoint import load_model
@@ -138,7 +153,7 @@ def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Option
     x_T, step_noise = draw_sampling_noise(np.random.default_rng(seed), (n, model.channels, model.image_size, model.image_size),
                                           tables.timesteps)
     frames: List[np.ndarray] = []
-    with tqdm(total=tables.timesteps, desc="sample (MindSpore reference DDPM)", dynamic_ncols=True) as bar:
+    with progress_bar(progress, total=tables.timesteps, desc="sample (MindSpore reference DDPM)") as bar:
         def on_step(t: int, x: np.ndarray) -> None:
             bar.update(1)
             if gif is not None:
@@ -152,20 +167,21 @@ def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Option
 def noise(
     image: Path = typer.Argument(..., help="An image file (png/jpg)."),
     t: str = typer.Option("0,50,100,150,199", help="Comma-separated timesteps to show."),
-    out: Path = typer.Option(Path("noise.png"), help="PNG strip to write."),
+    out: Path = typer.Option(Path("noise.png"), help="The strip to write: .png, .jpg or .webp."),
     image_size: int = typer.Option(128, help="Resize and centre-crop to this size (the tutorial uses 128)."),
     schedule: str = typer.Option("linear", help="Beta schedule: linear | cosine | quadratic | sigmoid."),
     timesteps: int = typer.Option(200, help="Diffusion steps T."),
     seed: int = typer.Option(0, help="Noise seed."),
 ) -> None:
     """The tutorial's forward-diffusion picture: IMAGE noised by q(x_t | x_0) at several t, side by side."""
+    require_extra("train", "mindspore")
     try:
         steps = [int(value) for value in t.split(",")]
-    except ValueError:
-        raise ToolkitError(f"--t must be comma-separated integers, got {t!r}") from None
+    except ValueError as exc:
+        raise ToolkitError(f"--t must be comma-separated integers, got {t!r}") from exc
     if min(steps) < 0 or max(steps) >= timesteps:
         raise ToolkitError(f"--t values must lie in 0..{timesteps - 1}, got {t}")
-    check_output_dir(out)
+    check_outputs(out)
     from PIL import Image, UnidentifiedImageError
 
     from .data import resize_and_crop, to_model_range
@@ -173,10 +189,10 @@ def noise(
     try:
         with Image.open(image) as picture:
             array = resize_and_crop(picture.convert("RGB"), image_size)
-    except FileNotFoundError:
-        raise ToolkitError(f"image not found: {image}") from None
+    except FileNotFoundError as exc:
+        raise ToolkitError(f"image not found: {image}") from exc
     except (OSError, UnidentifiedImageError) as exc:
-        raise ToolkitError(f"cannot read image {image}: {exc}") from None
+        raise ToolkitError(f"cannot read image {image}: {exc}") from exc
     x0 = np.repeat(to_model_range(array[None]), len(steps), axis=0)
     noised = _q_sample(x0, np.asarray(steps, np.int32), schedule, timesteps, seed)
     save_grid(out, to_uint8(noised), scale=1, columns=len(steps))
@@ -184,6 +200,7 @@ def noise(
 
 
 def _q_sample(x0: np.ndarray, t: np.ndarray, schedule: str, timesteps: int, seed: int) -> np.ndarray:
+    prepare_mindspore()
     from mindspore import Tensor
 
     from ..runtime.schedules import ScheduleTables

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import prepare_mindspore
+prepare_mindspore()  # before MindSpore loads: oneDNN ISA cap, quiet logs
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 

@@ -51,8 +51,8 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port left in TIME_WAIT is fine
         try:
             probe.bind((host, port))
-        except OSError:
-            raise ToolkitError(f"master port {port} is already in use on this machine; pick another --master-port") from None
+        except OSError as exc:
+            raise ToolkitError(f"master port {port} is already in use on this machine; pick another --master-port") from exc
 
 
 def worker_arguments(argv: Sequence[str]) -> List[str]:
@@ -98,11 +98,11 @@ def launch_workers(workers: int, port: int, run_dir: Path, batch_size: int, argv
         process = subprocess.Popen(command, env=env, stderr=msrun_log)
         try:
             code = process.wait()
-        except KeyboardInterrupt:  # msrun stops every worker on SIGINT (a terminal's Ctrl-C already sent it one)
+        except KeyboardInterrupt as exc:  # msrun stops every worker on SIGINT (a terminal's Ctrl-C already sent it one)
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
             process.wait()
-            raise ToolkitError(f"interrupted; all workers stopped (logs: {log_dir})") from None
+            raise ToolkitError(f"interrupted; all workers stopped (logs: {log_dir})") from exc
     if code != 0:
         raise ToolkitError(first_worker_error(log_dir) or f"distributed training failed (msrun exit {code}); logs: {log_dir}")
     typer.echo(f"{workers} workers finished; checkpoint: {run_dir / 'checkpoints' / 'latest.ckpt'}; logs: {log_dir}")

@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from . import prepare_mindspore
+prepare_mindspore()  # before MindSpore loads: oneDNN ISA cap, quiet logs
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, Uniform, initializer

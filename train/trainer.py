@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, TextIO
+from typing import List, Optional, TextIO
 
 import numpy as np
 from tqdm import tqdm
 
+from . import prepare_mindspore
+prepare_mindspore()  # before MindSpore loads: oneDNN ISA cap, quiet logs
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.amp import DynamicLossScaler, all_finite
@@ -26,15 +30,17 @@ from ..runtime.config import Config
 from ..runtime.errors import ToolkitError
 from ..runtime.files import write_text_atomic
 from ..runtime.images import save_grid, to_uint8
+from ..runtime.progress import progress_bar
 from ..runtime.schedules import ScheduleTables
 
-from . import CPU_DISPATCH_NOTE
-from .checkpoint import EMA_PREFIX, LATEST, load_checkpoint, load_weights_into, optimizer_state, save_checkpoint
+from .checkpoint import EMA_PREFIX, load_checkpoint, load_weights_into, optimizer_state, save_checkpoint
 from .diffusion import ForwardProcess, draw_sampling_noise, reference_sample
 from .distributed import DistributedContext, GradientMean, write_rank_weights
 from .model import build_unet, count_parameters
+from .run_paths import LATEST
 
 MAX_NONFINITE_STEPS = 10
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -44,6 +50,8 @@ class TrainResult:
     last_loss: float
     steps_run: int
     seconds: float
+    step: int  # the step reached, that of the checkpoint written last
+    stopped_by: Optional[int] = None  # the signal (SIGINT, SIGTERM) that stopped training early
 
 
 class BatchSampler:
@@ -167,12 +175,47 @@ def _logged_step(line: str) -> float:
     return step if isinstance(step, int) else math.inf
 
 
+class StopSignals:
+    """While training, SIGINT and SIGTERM are recorded in `received` instead of stopping the process, so
+    the loop can finish its step and write a checkpoint. Off in msrun workers (`enabled=False`): a worker
+    that stopped alone would leave the others waiting in the next all-reduce.
+
+    MindSpore installs its own SIGINT handler whenever a compiled graph runs, one that sends SIGTERM to the
+    process: `rearm()` after each step takes SIGINT back, so only a Ctrl-C that lands inside a step arrives
+    as SIGTERM.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: List[int] = []
+        self._previous = {}
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+
+    def rearm(self) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._record)
+
+    def __enter__(self) -> "StopSignals":
+        if self.enabled:
+            self._previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+            for number in STOP_SIGNALS:
+                signal.signal(number, self._record)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+
 def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = False, show_progress: bool = True,
           context: DistributedContext = DistributedContext()) -> TrainResult:
     """Train (or resume) and write `run_dir/checkpoints/latest.ckpt`; returns the losses seen.
 
     With a distributed `context` this process is one msrun worker: it trains on its slice of each
-    batch, and only rank 0 writes the checkpoint and the log.
+    batch, and only rank 0 writes the checkpoint and the log. On SIGINT/SIGTERM (one process only) the
+    current step finishes, the checkpoint is written and the result names the signal.
     """
     config.validate()
     ms.set_seed(config.train.seed)
@@ -187,7 +230,7 @@ def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = Fals
     if context.is_main:
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         log = open_log(run_dir / "train_log.jsonl", start)
-        tqdm.write(f"model: {count_parameters(net):,} parameters; data: {len(images):,} images; {CPU_DISPATCH_NOTE}")
+        tqdm.write(f"model: {count_parameters(net):,} parameters; data: {len(images):,} images; {prepare_mindspore()}")
         if context.is_distributed:
             tqdm.write(f"data parallel: {context.world_size} workers, {config.train.batch_size // context.world_size} "
                        f"images each of every batch of {config.train.batch_size}")
@@ -197,29 +240,34 @@ def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = Fals
     losses: List[float] = []
     nonfinite_run = 0
     began = time.perf_counter()
-    progress = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
-                    disable=not (show_progress and context.is_main), dynamic_ncols=True)
-    for step in progress:
-        x0, t, noise = context.shard(*sampler.batch(step))
-        loss, finite = trainer.step(Tensor(x0), Tensor(t), Tensor(noise))
-        loss_value = float(loss.asnumpy())
-        nonfinite_run = 0 if bool(finite.asnumpy()) else nonfinite_run + 1
-        if nonfinite_run >= MAX_NONFINITE_STEPS:
-            raise ToolkitError(f"loss was not finite for {MAX_NONFINITE_STEPS} consecutive steps (step {step + 1}); "
-                               f"last good checkpoint kept: {checkpoint_path}")
-        losses.append(loss_value)
-        done = step + 1
-        if log is not None and (done % config.train.log_every == 0 or done == config.train.steps):
-            progress.set_postfix(loss=f"{np.mean(losses[-config.train.log_every:]):.4f}")
-            log.write(json.dumps({"step": done, "loss": loss_value, "time": round(time.perf_counter() - began, 3)}) + "\n")
-            log.flush()
-        if context.is_main and (done % config.train.checkpoint_every == 0 or done == config.train.steps):
-            save_checkpoint(checkpoint_path, config, done, net, trainer.ema_params, trainer.optimizer)
-        if context.is_main and config.train.sample_every and done % config.train.sample_every == 0:
-            write_progress_samples(run_dir / "samples" / f"step-{done:06d}.png", trainer, config)
+    progress = progress_bar(show_progress and context.is_main, iterable=range(start, config.train.steps), initial=start,
+                            total=config.train.steps, desc="train")
+    with StopSignals(enabled=not context.is_distributed) as stop:
+        for step in progress:
+            x0, t, noise = context.shard(*sampler.batch(step))
+            loss, finite = trainer.step(Tensor(x0), Tensor(t), Tensor(noise))
+            loss_value = float(loss.asnumpy())
+            nonfinite_run = 0 if bool(finite.asnumpy()) else nonfinite_run + 1
+            if nonfinite_run >= MAX_NONFINITE_STEPS:
+                raise ToolkitError(f"loss was not finite for {MAX_NONFINITE_STEPS} consecutive steps (step {step + 1}); "
+                                   f"last good checkpoint kept: {checkpoint_path}")
+            stop.rearm()
+            losses.append(loss_value)
+            done = step + 1
+            if log is not None and (done % config.train.log_every == 0 or done == config.train.steps):
+                progress.set_postfix(loss=f"{np.mean(losses[-config.train.log_every:]):.4f}")
+                log.write(json.dumps({"step": done, "loss": loss_value, "time": round(time.perf_counter() - began, 3)}) + "\n")
+                log.flush()
+            if context.is_main and (done % config.train.checkpoint_every == 0 or done == config.train.steps or stop.received):
+                save_checkpoint(checkpoint_path, config, done, net, trainer.ema_params, trainer.optimizer)
+            if stop.received:
+                break
+            if context.is_main and config.train.sample_every and done % config.train.sample_every == 0:
+                write_progress_samples(run_dir / "samples" / f"step-{done:06d}.png", trainer, config)
     progress.close()
     if log is not None:
         log.close()
     write_rank_weights(net, context)
     return TrainResult(checkpoint=checkpoint_path, first_loss=losses[0], last_loss=losses[-1],
-                       steps_run=len(losses), seconds=time.perf_counter() - began)
+                       steps_run=len(losses), seconds=time.perf_counter() - began,
+                       step=start + len(losses), stopped_by=stop.received[0] if stop.received else None)
