@@ -4,8 +4,9 @@ writes, then resumed or rerun.
 Training: the latest checkpoint always loads, at most one checkpoint interval is lost, and `--resume`
 continues to exactly the weights, EMA, Adam state (its step counter drives the LR schedule) and loss
 curve of an uninterrupted run. Export: a kill leaves the old artifact or none, never a torn one and
-never a new artifact beside an old manifest. Kill points inside a write use the test-only hook
-MS_DDPM_TEST_HOLD_BEFORE_RENAME (runtime/files.py): the temporary is complete, the rename not done.
+never a new artifact beside an old manifest. Kill points inside a write use the test-only plug-in
+tests/fault_injection/sitecustomize.py (MS_DDPM_TEST_HOLD_BEFORE_RENAME): the temporary is complete, the
+rename not done.
 """
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ import pytest
 
 from conftest import REPO
 from ms_ddpm.runtime.errors import ToolkitError
-from ms_ddpm.runtime.files import HOLD_BEFORE_RENAME, sha256_file
+from ms_ddpm.runtime.files import sha256_file
 from ms_ddpm.runtime.manifest import manifest_path_for
 
 STEPS, EVERY = 24, 3
 TRAIN = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--batch-size", "4",
          "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--log-every", "1", "--ema", "0.9", "--no-progress"]
 START_TIMEOUT = 240  # seconds until a process reaches its kill point, on 2 busy cores
+FAULT_INJECTION = Path(__file__).resolve().parent / "fault_injection"  # its sitecustomize.py holds a rename
+HOLD_BEFORE_RENAME = "MS_DDPM_TEST_HOLD_BEFORE_RENAME"
 
 
 @dataclass
@@ -59,9 +62,12 @@ class Child:
 
 
 def _start(tmp: Path, *args, hold: Optional[str] = None) -> Child:
-    """`cli.py ARGS` in the background; `hold` sets the test hook (NAME:N)."""
+    """`cli.py ARGS` in the background; `hold` (NAME:N) loads the fault-injection plug-in to hold that rename."""
     env = {key: value for key, value in os.environ.items() if key != HOLD_BEFORE_RENAME}
-    env.update({"GLOG_v": "3", **({HOLD_BEFORE_RENAME: hold} if hold else {})})
+    env["GLOG_v"] = "3"
+    if hold:
+        env.update({HOLD_BEFORE_RENAME: hold,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULT_INJECTION), env.get("PYTHONPATH")]))})
     stderr = tmp / f"stderr-{time.monotonic_ns()}.txt"
     with open(stderr, "w") as sink:
         process = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *map(str, args)], cwd=REPO, env=env,
