@@ -78,7 +78,7 @@ def routes(artifact: Path) -> Routes:
 def _check_sampler_artifact(artifact: Path, manifest: Path) -> None:
     """A readable .onnx file whose manifest is a JSON object with a `sampler` section."""
     if not artifact.is_file():
-        raise ToolkitError(f"artifact not found: {artifact}")
+        raise ToolkitError(f"{artifact} is not a file" if artifact.exists() else f"artifact not found: {artifact}")
     if artifact.suffix != ".onnx":
         raise ToolkitError(f"{artifact}: the page runs ONNX sampler-step artifacts (*.sampler.onnx), not {artifact.suffix or 'this file'}")
     try:
