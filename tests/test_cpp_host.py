@@ -138,6 +138,14 @@ def test_seed_draws_the_portable_noise(name, host, step_artifacts, tmp_path):
     assert_same_images(np.load(tmp_path / "x.npy"), python["x"])
 
 
+def test_grid_layout_of_a_count_that_is_not_square(host, step_artifacts, tmp_path):
+    result = run_host(host, "--model", step_artifacts["ddim"], "--n", 5, "--out", "grid.png", "--dump-float", "x.npy",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    save_grid(tmp_path / "python-layout.png", to_uint8(np.load(tmp_path / "x.npy")))  # 3 columns, 2 rows
+    np.testing.assert_array_equal(grid_pixels(tmp_path / "grid.png"), grid_pixels(tmp_path / "python-layout.png"))
+
+
 def test_frames_are_the_x0_previews(host, step_artifacts, tmp_path):
     model = step_artifacts["ddpm"]
     noise = np.random.default_rng(8).standard_normal(noise_shape(model)).astype(np.float32)
