@@ -33,6 +33,9 @@ def export(
                                                   "is written beside it as <artifact>.json."),
     batch: str = typer.Option("dynamic", help="'dynamic' (any batch size) or a fixed batch size N, recorded in the manifest."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's, 11; others via onnx.version_converter)."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="onnx, mslite: rewrite the graph for speed "
+                                  "(opset 20, fused LayerNormalization and Gelu; checked against the plain graph). "
+                                  "--no-optimize keeps the exporter's graph."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the numeric gate (default). --no-verify marks the "
                                                                    "manifest as unverified."),
     atol: float = _ATOL,
@@ -53,7 +56,7 @@ def export(
         check_output_dir(out)
     from .pipeline import ExportRequest, GateSettings, export_checkpoint
 
-    request = ExportRequest(format=fmt, out=out, batch=batch_size, opset=opset,
+    request = ExportRequest(format=fmt, out=out, batch=batch_size, opset=opset, optimize=optimize,
                             gate=GateSettings(atol, min_cosine, seed) if verify else None)
     export_checkpoint(checkpoint, request, log=_log)
 

@@ -8,11 +8,14 @@ Repairs of MindSpore 2.10's exporter output:
   in a dynamic export, its batch axis made symbolic. (`output_names` is not passed to the exporter:
   the graph it makes is rejected by the MindSpore Lite converter.)
 - the exporter writes opset 11; another `opset` goes through `onnx.version_converter`.
+
+Then, unless `optimize` is off, `onnx_optimize.optimize_unet` rewrites the graph for onnxruntime (opset 20,
+fused normalisations and GELUs) and proves on onnxruntime that it still computes what the repaired graph does.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import onnx
 import onnxruntime as ort
@@ -23,18 +26,23 @@ from ..runtime.onnx_external import check_external_data
 
 from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported
 from .gate import EpsFn
+from .onnx_optimize import TARGET_OPSET, convert_opset, default_opset, optimize_unet
 
 SUFFIX = ".onnx"
+OPTIMIZES = True  # export() takes `optimize` (export.pipeline passes it)
 LOADER = f"onnxruntime {ort.__version__} CPU"
 TRACE_BATCH = 2  # a dynamic export is traced at batch 2, so that no size-1 batch axis gets folded away
 
 
-def export(net, model: ModelConfig, path: Path, batch: Optional[int], opset: Optional[int]) -> Exported:
-    """Export `net` (a MindSpore cell) to `path`, repaired, converted to `opset` if given, and fully checked."""
+def export(net, model: ModelConfig, path: Path, batch: Optional[int], opset: Optional[int],
+           optimize: bool = True) -> Exported:
+    """Export `net` (a MindSpore cell) to `path`, repaired, converted to `opset` if given, fully checked, and
+    optimised (`optimize`)."""
     import mindspore as ms  # the export step only
 
     from .source import example_inputs
 
+    check_opset(opset, optimize)
     dynamic = batch is None
     ms.onnx.export(net, *example_inputs(model, TRACE_BATCH if dynamic else batch), file_name=str(path),
                    input_names=list(INPUT_NAMES),
@@ -46,8 +54,19 @@ def export(net, model: ModelConfig, path: Path, batch: Optional[int], opset: Opt
         onnx.checker.check_model(graph, full_check=True)
     except Exception as exc:  # ValidationError or InferenceError, from onnx's C++ checker
         raise VerificationFailed(f"the exported ONNX fails onnx.checker (full check): {first_line(exc)}") from None
+    notes: Dict[str, Any] = {"exporter": f"mindspore {ms.__version__} onnx.export, repaired", "optimize": False}
+    if optimize:
+        graph, report = optimize_unet(graph)
+        notes["optimize"] = report.to_dict()
     onnx.save(graph, str(path))
-    return Exported(opset=default_opset(graph), notes={"exporter": f"mindspore {ms.__version__} onnx.export, repaired"})
+    return Exported(opset=default_opset(graph), notes=notes)
+
+
+def check_opset(opset: Optional[int], optimize: bool) -> None:
+    """The optimised graph needs opset TARGET_OPSET or later: a lower `opset` needs `optimize` off."""
+    if optimize and opset is not None and opset < TARGET_OPSET:
+        raise ToolkitError(f"--opset {opset} is below the optimised graph's opset {TARGET_OPSET}; "
+                           f"add --no-optimize to export the plain graph at opset {opset}")
 
 
 def repair(model: onnx.ModelProto, dynamic: bool) -> onnx.ModelProto:
@@ -91,20 +110,6 @@ def _rename_output(graph: onnx.GraphProto, new_name: str) -> None:
                 if name == old_name:
                     names[index] = new_name
     graph.output[0].name = new_name
-
-
-def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """Convert with onnx.version_converter, raising the IR version to what the new opset needs."""
-    try:
-        converted = onnx.version_converter.convert_version(model, opset)
-    except RuntimeError as exc:
-        raise ToolkitError(f"cannot convert the ONNX graph to opset {opset}: {first_line(exc, 160)}") from None
-    converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(converted.opset_import))
-    return converted
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def load_eps(path: Path) -> EpsFn:

@@ -53,6 +53,7 @@ class ExportRequest:
     batch: Optional[int] = None  # None: any batch size (symbolic batch axis)
     opset: Optional[int] = None  # ONNX only; None: the exporter's own
     gate: Optional[GateSettings] = GateSettings()  # None: skip the numeric gate
+    optimize: bool = True  # formats built on the ONNX graph: export it optimised (export.onnx_optimize)
 
 
 def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Path:
@@ -61,13 +62,14 @@ def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Pat
     module = format_module(request.format)
     if request.gate is not None:
         request.gate.thresholds_for(module)  # bad thresholds fail before the slow work
+    options = _export_options(module, request)
     net, source = _load_source(checkpoint, log)
     out = check_output_dir(request.out or default_output(source.path, module.SUFFIX))
     check_output_dir(manifest_path_for(out))
     with tempfile.TemporaryDirectory(prefix="ms-ddpm-export.") as scratch:
         # MindSpore's exporters accept only [0-9a-zA-Z@_-.:/] in a path: export to a plain name first.
         artifact = Path(scratch) / f"unet{module.SUFFIX}"
-        exported = _export(module, net, source.config.model, artifact, request, log)
+        exported = _export(module, net, source.config.model, artifact, request, options, log)
         verification = _verification(module, artifact, net, source.config, request, log)
         manifest = build_manifest(request, out.name, sha256_file(artifact), exported, source, verification)
         _install(artifact, manifest, out)
@@ -138,12 +140,22 @@ def _load_source(checkpoint: Path, log: Log) -> tuple[nn.Cell, Checkpoint]:
     return net, source
 
 
+def _export_options(module: ModuleType, request: ExportRequest) -> Dict[str, Any]:
+    """The keyword options of the format's `export`: `optimize` for the formats that declare OPTIMIZES."""
+    if getattr(module, "OPTIMIZES", False):
+        return {"optimize": request.optimize}
+    if not request.optimize:
+        raise ToolkitError(f"--no-optimize applies to the formats built on the ONNX graph, not {request.format}")
+    return {}
+
+
 def _export(module: ModuleType, net: nn.Cell, model: ModelConfig, path: Path, request: ExportRequest,
-            log: Log) -> Exported:
-    log(f"exporting {request.format} (batch {request.batch or 'dynamic'}) ...")
+            options: Dict[str, Any], log: Log) -> Exported:
+    log(f"exporting {request.format} (batch {request.batch or 'dynamic'}"
+        f"{', optimised' if options.get('optimize') else ''}) ...")
     started = time.perf_counter()
     try:
-        exported = module.export(net, model, path, request.batch, request.opset)
+        exported = module.export(net, model, path, request.batch, request.opset, **options)
     except (RuntimeError, ValueError) as exc:  # MindSpore's exporters raise these, with pages of text
         raise ToolkitError(f"MindSpore could not export to {request.format}: {first_line(exc)}") from None
     log(f"exported in {time.perf_counter() - started:.1f} s")

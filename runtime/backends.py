@@ -21,6 +21,7 @@ import numpy as np
 from .errors import ToolkitError, first_line
 from .manifest import Manifest, TensorSpec
 from .onnx_external import check_external_data
+from .ort_session import create_session
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, t) of one accepted batch -> eps
 
@@ -131,14 +132,9 @@ def open_onnxruntime(artifact: Path, manifest: Manifest, *, threads: Optional[in
         if provider not in available:
             raise ToolkitError(f"onnxruntime execution provider {provider} is not available "
                                f"(this install has: {', '.join(available)}; CUDA and TensorRT come with pip install onnxruntime-gpu)")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
     check_external_data(artifact)
     try:
-        session = ort.InferenceSession(str(artifact), options, providers=providers)
+        session = create_session(ort, artifact, providers, threads)  # options and the optimised-model cache
     except Exception as exc:  # onnxruntime raises its own exception types with multi-line text
         raise ToolkitError(f"corrupt or unreadable ONNX artifact: {artifact} ({first_line(exc)})") from None
     if session.get_providers()[0] != providers[0]:

@@ -1,0 +1,111 @@
+"""onnxruntime sessions of the runtime: session options, and a cached onnxruntime-optimised model.
+
+- Thread spinning (`session.intra_op.allow_spinning`): off by default; MS_DDPM_ORT_SPINNING=1 turns it on.
+  Spinning worker threads burn the cores another process, or onnxruntime's own next kernel, needs: off
+  was faster on the shared 2-core machine of docs/benchmarks.md (median 0.67-0.72x at batch 1 and 64).
+- The optimised-model cache: onnxruntime's ORT_ENABLE_ALL graph (fusions, NCHWc layout) is saved beside
+  the artifact as `<artifact>.ort-cache.onnx`, with `<artifact>.ort-cache.json` recording what it was built
+  from: the artifact's sha256, the onnxruntime version, the execution providers and the CPU's flags (the
+  NCHWc form is specific to the CPU's vector width). A later session loads the cached graph with
+  optimisations off (half the session time) only when every one of those matches and the cached file's
+  own sha256 is the recorded one; otherwise it rebuilds both, atomically. A folder it cannot write is
+  skipped (a debug log line). MS_DDPM_ORT_CACHE=0 turns the cache off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from .errors import ToolkitError
+from .files import atomic_path, sha256_file, write_text_atomic
+
+SPINNING_ENV = "MS_DDPM_ORT_SPINNING"
+CACHE_ENV = "MS_DDPM_ORT_CACHE"
+CACHE_SUFFIX = ".ort-cache"
+CPUINFO = Path("/proc/cpuinfo")
+
+_log = logging.getLogger(__name__)
+
+
+def create_session(ort: Any, artifact: Path, providers: Sequence[str], threads: Optional[int]) -> Any:
+    """An InferenceSession on `artifact`, through the cache unless MS_DDPM_ORT_CACHE=0."""
+    options = session_options(ort, threads)
+    if not _env_flag(CACHE_ENV, True):
+        return ort.InferenceSession(str(artifact), options, providers=list(providers))
+    cache = OptimizedModelCache(artifact, ort.__version__, providers)
+    if cache.valid():
+        try:
+            return ort.InferenceSession(str(cache.model), _prebuilt(ort, threads), providers=list(providers))
+        except Exception as exc:  # onnxruntime's own types: the cache is rebuilt below
+            _log.debug("cached onnxruntime model %s does not load (%s); rebuilding it", cache.model, exc)
+    return cache.build(ort, options, providers)
+
+
+def session_options(ort: Any, threads: Optional[int]) -> Any:
+    """ORT_ENABLE_ALL, errors-only logging, `threads` intra-op threads (None: onnxruntime's choice), spinning."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if _env_flag(SPINNING_ENV, False) else "0")
+    return options
+
+
+def _prebuilt(ort: Any, threads: Optional[int]) -> Any:
+    """Options for a graph onnxruntime already optimised: no optimisation pass again."""
+    options = session_options(ort, threads)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+class OptimizedModelCache:
+    """`<artifact>.ort-cache.onnx` and its record `<artifact>.ort-cache.json`, for one environment."""
+
+    def __init__(self, artifact: Path, ort_version: str, providers: Sequence[str]):
+        self.artifact = artifact
+        self.model = artifact.with_name(artifact.name + CACHE_SUFFIX + ".onnx")
+        self.record = artifact.with_name(artifact.name + CACHE_SUFFIX + ".json")
+        self.key = {"artifact_sha256": sha256_file(artifact), "onnxruntime": ort_version,
+                    "providers": list(providers), "cpu": cpu_fingerprint()}
+
+    def valid(self) -> bool:
+        """The record is this environment's and this artifact's, and the cached model is the recorded one."""
+        try:
+            recorded = json.loads(self.record.read_text())
+            return recorded.get("key") == self.key and recorded.get("model_sha256") == sha256_file(self.model)
+        except (OSError, ValueError):  # missing, unreadable or torn: not valid
+            return False
+
+    def build(self, ort: Any, options: Any, providers: Sequence[str]) -> Any:
+        """A session on the artifact whose optimised graph is saved as the cache (skipped where it cannot be)."""
+        try:
+            with atomic_path(self.model) as tmp:
+                options.optimized_model_filepath = str(tmp)
+                session = ort.InferenceSession(str(self.artifact), options, providers=list(providers))
+            write_text_atomic(self.record, json.dumps({"key": self.key, "model_sha256": sha256_file(self.model)}))
+            return session
+        except ToolkitError as exc:  # the folder is read-only or full: run without a cache
+            _log.debug("no onnxruntime model cache beside %s: %s", self.artifact, exc)
+            options.optimized_model_filepath = ""
+            return ort.InferenceSession(str(self.artifact), options, providers=list(providers))
+
+
+def cpu_fingerprint() -> str:
+    """A digest of the CPU's model and instruction-set flags (/proc/cpuinfo; elsewhere, `platform`'s names)."""
+    try:
+        lines = CPUINFO.read_text().splitlines()
+        facts = sorted({line.strip() for line in lines if line.split(":")[0].strip() in ("flags", "model name")})
+    except OSError:
+        facts = [platform.machine(), platform.processor()]
+    return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip()
+    return default if value == "" else value not in ("0", "false", "no", "off")
