@@ -1,15 +1,14 @@
 """`verify --end-to-end`: whole DDPM samples, runtime vs the MindSpore reference, from the same noise.
 
 Each side runs in its own fresh process: the MindSpore reference sampler (`python -m export.end_to_end`,
-this module) draws x_T and every step's z with `draw_sampling_noise(default_rng(seed))` and saves them;
+this module) draws x_T and every step's z with `draw_sampling_noise(seed)` (the portable noise) and saves them;
 the runtime (`python -m runtime.equivalence`) denoises the same noise on the artifact's backend with no
-MindSpore loaded. MindSpore and MindSpore Lite therefore never share a process. The gate: PSNR >= 40 dB
-and max |difference| <= 1e-3, on the [-1, 1] scale.
+MindSpore loaded (a sampler-step artifact must carry that DDPM). MindSpore and MindSpore Lite therefore
+never share a process. The gate: PSNR >= 40 dB and max |difference| <= 1e-3, on the [-1, 1] scale.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ..runtime.equivalence import MAX_ABS, PSNR_MIN_DB, compare_samples
-from ..runtime.errors import ToolkitError, VerificationFailed
+from ..runtime.errors import ToolkitError, VerificationFailed, run_main
+from ..runtime.manifest import Manifest, manifest_path_for
 from ..runtime.processes import run_module
 
 DEFAULT_IMAGES = 4
@@ -47,6 +47,10 @@ class EndToEndReport:
 def check_end_to_end(artifact: Path, checkpoint: Path, *, seed: int = 0, images: int = DEFAULT_IMAGES,
                      backend: Optional[str] = None, log: Callable[[str], None] = print) -> EndToEndReport:
     """Run both samplers on the same noise and compare; raises VerificationFailed if the gate fails."""
+    manifest = Manifest.load(manifest_path_for(artifact))
+    if not manifest.samples_reference_ddpm:
+        raise ToolkitError(f"the end-to-end check compares DDPM at all T={manifest.timesteps} steps with the MindSpore "
+                           f"reference; {artifact} carries {manifest.sampler_settings.describe()}")
     log(f"end-to-end: MindSpore reference DDPM and the runtime, {images} images, seed {seed} ...")
     with tempfile.TemporaryDirectory(prefix="end_to_end.") as scratch:
         noise, reference, candidate = (Path(scratch) / name for name in ("noise.npz", "reference.npz", "runtime.npz"))
@@ -74,7 +78,7 @@ def reference_worker(checkpoint: Path, noise_out: Path, samples_out: Path, seed:
     net, source = load_model(checkpoint)
     model, diffusion = source.config.model, source.config.diffusion
     shape = (images, model.channels, model.image_size, model.image_size)
-    x_T, step_noise = draw_sampling_noise(np.random.default_rng(seed), shape, diffusion.timesteps)
+    x_T, step_noise = draw_sampling_noise(seed, shape, diffusion.timesteps)
     tables = ScheduleTables.from_name(diffusion.schedule, diffusion.timesteps)
     np.savez(noise_out, x_T=x_T, step_noise=step_noise)
     np.savez(samples_out, x0=reference_sample(net, tables, x_T, step_noise))
@@ -88,12 +92,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES)
     args = parser.parse_args(argv)
-    try:
-        reference_worker(args.checkpoint, args.noise_out, args.samples_out, args.seed, args.images)
-    except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    reference_worker(args.checkpoint, args.noise_out, args.samples_out, args.seed, args.images)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

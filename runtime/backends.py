@@ -1,4 +1,5 @@
-"""Backends: `eps = backend(x_t, t)` over an exported U-Net, whatever library runs it.
+"""Backends: `eps = backend(x_t, t)` over an exported U-Net (or `x_next, x0, state_next = backend(x, i, z,
+state)` over a sampler-step model), whatever library runs it.
 
 A backend library is imported only when its backend is opened, so the runtime needs nothing but
 numpy (+ pillow for images) until then. Each entry of `BACKENDS` names a factory
@@ -14,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -23,7 +24,9 @@ from .manifest import Manifest, TensorSpec
 from .onnx_external import check_external_data
 from .ort_session import create_session
 
-Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, t) of one accepted batch -> eps
+Runner = Callable[..., Union[np.ndarray, Tuple[np.ndarray, ...]]]  # the inputs of one accepted batch -> the output(s)
+BatchAxes = Tuple[Tuple[Optional[int], ...], Tuple[int, ...]]  # each input's and output's batch axis (None: none)
+UNET_BATCH_AXES: BatchAxes = ((0, 0), (0,))
 
 
 @dataclass(frozen=True)
@@ -52,34 +55,55 @@ def backend_for_format(artifact_format: str) -> str:
 
 
 class Backend:
-    """eps = backend(x, t) for any number of images.
+    """eps = backend(x, t) (or a step model's outputs = backend(x, i, z, state)) for any number of images.
 
-    Splits the batch into chunks of `fixed_batch` (an artifact exported for one batch size; the
-    last chunk is zero-padded and the padding dropped) or else of `max_batch` (None: all at once).
+    Splits the batch into chunks of `fixed_batch` (an artifact exported for one batch size; the last
+    chunk is zero-padded and the padding dropped: the one padding rule of every backend) or else of
+    `max_batch` (None: all at once), along each tensor's batch axis (`batch_axes`, the manifest's).
     Safe to call from several threads: a runner that is not `thread_safe` is called by one at a time.
     """
 
     def __init__(self, name: str, run: Runner, fixed_batch: Optional[int] = None, max_batch: Optional[int] = None,
-                 thread_safe: bool = False):
+                 thread_safe: bool = False, batch_axes: BatchAxes = UNET_BATCH_AXES):
         self.name = name
         self.run = run
         self.fixed_batch = fixed_batch
         self.max_batch = max_batch
+        self.batch_axes = batch_axes
         self._one_at_a_time = contextlib.nullcontext() if thread_safe else threading.Lock()
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        size = self.fixed_batch or self.max_batch or len(x)
-        chunks = [self._run_chunk(x[start:start + size], t[start:start + size]) for start in range(0, len(x), size)]
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    def __call__(self, *inputs: np.ndarray) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
+        input_axes, output_axes = self.batch_axes
+        count = inputs[0].shape[input_axes[0]]
+        size = self.fixed_batch or self.max_batch or count
+        chunks = [self._run_chunk(inputs, start, min(start + size, count)) for start in range(0, count, size)]
+        outputs = chunks[0] if len(chunks) == 1 else \
+            tuple(np.concatenate(parts, axis) for parts, axis in zip(zip(*chunks), output_axes))
+        return outputs[0] if len(outputs) == 1 else outputs
 
-    def _run_chunk(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        count = len(x)
-        missing = (self.fixed_batch or count) - count
-        if missing:
-            x = np.concatenate([x, np.zeros((missing, *x.shape[1:]), x.dtype)])
-            t = np.concatenate([t, np.zeros(missing, t.dtype)])
+    def _run_chunk(self, inputs: Sequence[np.ndarray], start: int, stop: int) -> Tuple[np.ndarray, ...]:
+        input_axes, output_axes = self.batch_axes
+        size = self.fixed_batch or stop - start
+        chunk = [array if axis is None else _zero_pad(_batch_slice(array, axis, start, stop), axis, size)
+                 for array, axis in zip(inputs, input_axes)]
         with self._one_at_a_time:
-            return self.run(x, t)[:count]
+            outputs = self.run(*chunk)
+        outputs = (outputs,) if len(output_axes) == 1 else outputs
+        return tuple(_batch_slice(output, axis, 0, stop - start) for output, axis in zip(outputs, output_axes))
+
+
+def _batch_slice(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    return array[(slice(None),) * axis + (slice(start, stop),)]
+
+
+def _zero_pad(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """`array` with zeros appended along `axis` up to `size`."""
+    missing = size - array.shape[axis]
+    if not missing:
+        return array
+    shape = list(array.shape)
+    shape[axis] = missing
+    return np.concatenate([array, np.zeros(shape, array.dtype)], axis)
 
 
 def open_backend(name: str, artifact: Path, manifest: Manifest, *, batch: Optional[int] = None,
@@ -98,7 +122,8 @@ def open_backend(name: str, artifact: Path, manifest: Manifest, *, batch: Option
     if fixed and batch and batch != fixed:
         raise ToolkitError(f"{artifact} was exported for batch size {fixed}; use --batch {fixed} or leave it out")
     run = _factory(name)(artifact, manifest, threads=threads, providers=providers)
-    return Backend(name, run, fixed_batch=fixed, max_batch=batch, thread_safe=spec.thread_safe)
+    return Backend(name, run, fixed_batch=fixed, max_batch=batch, thread_safe=spec.thread_safe,
+                   batch_axes=manifest.batch_axes)
 
 
 def _factory(name: str) -> Callable[..., Runner]:
@@ -141,9 +166,13 @@ def open_onnxruntime(artifact: Path, manifest: Manifest, *, threads: Optional[in
         raise ToolkitError(f"onnxruntime could not start {providers[0]} (it fell back to {session.get_providers()[0]})")
     check_signature(artifact, manifest, [_onnx_spec(arg) for arg in session.get_inputs()],
                     [_onnx_spec(arg) for arg in session.get_outputs()])
-    x_name, t_name = (spec.name for spec in manifest.inputs)
-    outputs = [manifest.outputs[0].name]
-    return lambda x, t: session.run(outputs, {x_name: x, t_name: t})[0]
+    names, outputs = [spec.name for spec in manifest.inputs], [spec.name for spec in manifest.outputs]
+
+    def run(*arrays: np.ndarray) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
+        results = session.run(outputs, dict(zip(names, arrays)))
+        return results[0] if len(results) == 1 else tuple(results)
+
+    return run
 
 
 def open_mindspore(artifact: Path, manifest: Manifest, *, threads: Optional[int] = None,

@@ -11,7 +11,6 @@ from .errors import ToolkitError
 from .images import check_outputs, save_samples, to_uint8
 from .manifest import Manifest, manifest_path_for
 from .progress import progress_bar
-from .schedulers import DEFAULT_SPACING
 
 
 def check_artifact_path(artifact: Path) -> Path:
@@ -28,18 +27,20 @@ def check_artifact_path(artifact: Path) -> Path:
     return artifact
 
 
-def sample_artifact(artifact: Path, *, backend: Optional[str], scheduler: str, steps: Optional[int], eta: float,
+def sample_artifact(artifact: Path, *, backend: Optional[str], scheduler: Optional[str], steps: Optional[int],
+                    eta: Optional[float],
                     n: int, batch: Optional[int], seed: int, out: Path, gif: Optional[Path], npz: Optional[Path],
-                    threads: Optional[int], providers: Optional[Sequence[str]], spacing: str = DEFAULT_SPACING,
-                    clip_x0: bool = False, progress: bool = True) -> None:
+                    threads: Optional[int], providers: Optional[Sequence[str]], spacing: Optional[str] = None,
+                    clip_x0: Optional[bool] = None, progress: bool = True) -> None:
     """Sample n images from an exported artifact; write the grid (+ GIF of the denoising, + .npz)."""
     check_outputs(out, gif, npz)
     from .pipeline import Sampler
 
     sampler = Sampler.load(check_artifact_path(artifact), backend, batch=batch, threads=threads, providers=providers)
-    chosen = sampler.scheduler(scheduler, steps, eta=eta, spacing=spacing, clip_x0=clip_x0)
+    settings = sampler.settings(scheduler, steps, eta=eta, spacing=spacing, clip_x0=clip_x0)  # None: the default
+    chosen = settings.scheduler(sampler.tables)
     frames: List[np.ndarray] = []
-    with progress_bar(progress, total=len(chosen.timesteps), desc=f"{scheduler} sampling", unit="step") as bar:
+    with progress_bar(progress, total=len(chosen.timesteps), desc=f"{settings.name} sampling", unit="step") as bar:
         def on_step(index: int, t: int, x: np.ndarray) -> None:
             bar.update()
             if gif is not None:
@@ -47,7 +48,7 @@ def sample_artifact(artifact: Path, *, backend: Optional[str], scheduler: str, s
 
         images = sampler.sample(n, chosen, seed=seed, callback=on_step)
     written = save_samples(out, images, gif, frames, npz)
-    print(f"{n} images ({scheduler}, {len(chosen.timesteps)} steps, {sampler.backend.name}) -> "
+    print(f"{n} images ({settings.name}, {len(chosen.timesteps)} steps, {sampler.backend.name}) -> "
           + ", ".join(map(str, written)))
 
 

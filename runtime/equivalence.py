@@ -1,22 +1,24 @@
-"""The runtime side of the end-to-end check: DDPM from given noise, and how samples are compared.
+"""The runtime side of the end-to-end check and of the sampler-step gate: whole samples from given noise,
+and how samples are compared.
 
-    python -m runtime.equivalence ARTIFACT NOISE.npz OUT.npz [--backend NAME]
+    python -m ms_ddpm.runtime.equivalence ARTIFACT NOISE.npz OUT.npz [--backend NAME]
 
-reads x_T and step_noise from NOISE.npz, runs all T DDPM steps on the backend and writes x_0 (key
-`x0`, float32, unclipped) to OUT.npz. It runs in its own process and never imports MindSpore, so
-the MindSpore reference (export/end_to_end.py) and a MindSpore Lite backend never share a process.
+reads x_T and step_noise from NOISE.npz (several cases: keys x_T<suffix>, step_noise<suffix>), samples on
+the artifact's backend with its default scheduler (DDPM at all T steps for a U-Net; a sampler-step model's
+own) and writes each x_0 (key x0<suffix>, float32, unclipped) to OUT.npz. It runs in its own process and
+never imports MindSpore, so the MindSpore reference (export/end_to_end.py) and a MindSpore Lite backend
+never share a process.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 
-from .errors import ToolkitError
+from .errors import run_main
 
 PSNR_MIN_DB = 40.0
 MAX_ABS = 1e-3
@@ -33,12 +35,15 @@ def compare_samples(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, f
             "max_abs_unclipped": float(np.abs(reference - candidate).max())}
 
 
-def runtime_ddpm(artifact: Path, x_T: np.ndarray, step_noise: np.ndarray, backend: Optional[str] = None) -> np.ndarray:
-    """x_0 from the runtime's DDPM scheduler with all T steps and the given noise."""
+def runtime_denoise(artifact: Path, noise: Dict[str, np.ndarray], backend: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """x_0 (key `x0<suffix>`) for every x_T (`x_T<suffix>`, with `step_noise<suffix>`) in `noise`, sampled on the
+    artifact with its default scheduler: DDPM at all T steps for a U-Net, its own for a sampler-step model."""
     from .pipeline import Sampler
 
     sampler = Sampler.load(artifact, backend)
-    return sampler.denoise(sampler.scheduler("ddpm"), x_T, step_noise)
+    scheduler = sampler.scheduler()
+    return {"x0" + key[3:]: sampler.denoise(scheduler, noise[key], noise["step_noise" + key[3:]])
+            for key in noise if key.startswith("x_T")}
 
 
 def main(argv: Optional[list] = None) -> None:
@@ -48,14 +53,10 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--backend", default=None)
     args = parser.parse_args(argv)
-    try:
-        with np.load(args.noise, allow_pickle=False) as noise:
-            x0 = runtime_ddpm(args.artifact, noise["x_T"], noise["step_noise"], args.backend)
-        np.savez(args.out, x0=x0)
-    except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    with np.load(args.noise, allow_pickle=False) as noise:
+        samples = runtime_denoise(args.artifact, dict(noise), args.backend)
+    np.savez(args.out, **samples)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,13 +1,19 @@
-"""The sampling pipeline: an exported U-Net (backend) + a scheduler, in one visible loop.
+"""The sampling pipeline: an exported model + a scheduler, in one visible loop.
 
     sampler = Sampler.load("unet.onnx")
     images = sampler.sample(16, scheduler="ddim", steps=50, seed=0)   # (16, H, W, C) uint8
     save_grid("grid.png", images)
 
-Noise comes from `numpy.random.default_rng(seed)`: first x_T, then one z per stochastic step in loop
-order, each of shape (n, C, H, W) float32. For DDPM with all T steps this is exactly
-train/diffusion.py's `draw_sampling_noise`, so the runtime and the MindSpore reference sampler
-agree for one seed. `denoise` also takes x_T and the step noise from outside.
+Two kinds of artifact run through the same loop, `x, x0, state = step(x, i, z, state)`:
+- a U-Net (`unet.onnx`): each step calls the backend for eps, then applies the scheduler's step in numpy
+  (`runtime.schedulers.apply_step`); any scheduler, any number of steps;
+- a sampler-step model (`unet.sampler.onnx`, `export --sampler`): the U-Net and one step of the scheduler
+  it carries run in one backend call; asking it for another scheduler is an error naming what it carries.
+
+Noise (`draw_noise`) is the portable generator of runtime/noise.py (docs/noise.md), the same on every
+host: `NoiseStream(seed)` gives x_T first, then one z per stochastic step in loop order, each of shape
+(n, C, H, W) float32. The MindSpore reference sampler (train/diffusion.py) draws its noise here too, so
+the runtime and the reference agree for one seed. `denoise` also takes x_T and the step noise from outside.
 """
 from __future__ import annotations
 
@@ -20,10 +26,13 @@ from .backends import Backend, backend_for_format, open_backend
 from .errors import ToolkitError
 from .files import sha256_file
 from .images import to_uint8
-from .manifest import Manifest, manifest_path_for
-from .schedulers import DEFAULT_SPACING, Scheduler, make_scheduler
+from .manifest import Manifest, SamplerSettings, manifest_path_for
+from .noise import NoiseStream
+from .schedulers import DEFAULT_SPACING, Scheduler, StepTable, apply_step
 
 StepCallback = Callable[[int, int, np.ndarray], None]  # (step index, timestep, x after the step)
+State = Union[np.ndarray, Tuple[np.ndarray, ...]]  # a step model's (K, N, C, H, W) array, or apply_step's x0 history
+Step = Callable[[np.ndarray, int, Optional[np.ndarray], State], Tuple[np.ndarray, np.ndarray, State]]
 
 
 def load_artifact(artifact: Union[str, Path]) -> Tuple[Path, Manifest]:
@@ -37,15 +46,23 @@ def load_artifact(artifact: Union[str, Path]) -> Tuple[Path, Manifest]:
     return artifact, manifest
 
 
+def draw_noise(shape: Sequence[int], noise_steps: int, seed: int = 0) -> Tuple[np.ndarray, Iterator[np.ndarray]]:
+    """x_T of `shape` now, then `noise_steps` z of `shape` drawn lazily: the seed's NoiseStream, in loop order."""
+    stream = NoiseStream(seed)
+    x_T = stream.draw(shape)
+    return x_T, (stream.draw(shape) for _ in range(noise_steps))
+
+
 class Sampler:
-    """An exported eps-model and its beta schedule, ready to sample images."""
+    """An exported eps-model (or sampler-step model) and its beta schedule, ready to sample images."""
 
     def __init__(self, backend: Backend, manifest: Manifest):
         self.backend = backend
         self.manifest = manifest
         self.tables = manifest.tables()
         self.image_shape = (manifest.channels, manifest.image_size, manifest.image_size)
-        self.t_dtype = np.dtype(manifest.inputs[1].dtype)
+        self.carries: Optional[SamplerSettings] = manifest.sampler_settings  # a step model's scheduler; None: a U-Net
+        self.index_dtype = np.dtype(manifest.inputs[1].dtype)  # the U-Net's t, or the step model's i
 
     @classmethod
     def load(cls, artifact: Union[str, Path], backend: Optional[str] = None, *, batch: Optional[int] = None,
@@ -55,29 +72,42 @@ class Sampler:
         backend = backend or backend_for_format(manifest.format)
         return cls(open_backend(backend, path, manifest, batch=batch, threads=threads, providers=providers), manifest)
 
-    def scheduler(self, name: str = "ddpm", steps: Optional[int] = None, *, eta: float = 0.0,
-                  spacing: str = DEFAULT_SPACING, clip_x0: bool = False) -> Scheduler:
-        """A scheduler on this model's schedule (default steps: T for ddpm, 50 for ddim, 20 for dpmpp)."""
-        return make_scheduler(name, self.tables, steps, eta=eta, spacing=spacing, clip_x0=clip_x0)
+    def settings(self, name: Optional[str] = None, steps: Optional[int] = None, *, eta: Optional[float] = None,
+                 spacing: Optional[str] = None, clip_x0: Optional[bool] = None) -> SamplerSettings:
+        """The scheduler settings asked for (None: the default). A U-Net takes any (default ddpm; steps T for ddpm,
+        50 for ddim, 20 for the DPM-Solvers; eta 0, trailing spacing, no clipping); a sampler-step model only the
+        ones it carries, which are also its defaults."""
+        if self.carries is None:
+            return SamplerSettings(name or "ddpm", steps, eta or 0.0, spacing or DEFAULT_SPACING, bool(clip_x0))
+        asked = {"name": name, "steps": steps, "eta": eta, "spacing": spacing, "clip_x0": clip_x0}
+        differing = [f"{key} {value!r}" for key, value in asked.items()
+                     if value is not None and value != getattr(self.carries, key)]
+        if differing:
+            raise ToolkitError(f"{self.manifest.artifact} carries its sampler ({self.carries.describe()}); it cannot "
+                               f"sample with {', '.join(differing)}: export another with --sampler, or sample "
+                               "from the plain U-Net artifact")
+        return self.carries
 
-    def sample(self, n: int, scheduler: Union[str, Scheduler] = "ddpm", steps: Optional[int] = None, *,
-               seed: Union[int, np.random.Generator] = 0, callback: Optional[StepCallback] = None,
-               eta: float = 0.0, spacing: str = DEFAULT_SPACING, clip_x0: bool = False) -> np.ndarray:
-        """n images as (n, H, W, C) uint8. `scheduler` is a name (with steps/eta/spacing/clip_x0) or a Scheduler."""
+    def scheduler(self, name: Optional[str] = None, steps: Optional[int] = None, *, eta: Optional[float] = None,
+                  spacing: Optional[str] = None, clip_x0: Optional[bool] = None) -> Scheduler:
+        """A scheduler on this model's schedule, with `settings(...)`."""
+        return self.settings(name, steps, eta=eta, spacing=spacing, clip_x0=clip_x0).scheduler(self.tables)
+
+    def sample(self, n: int, scheduler: Union[str, Scheduler, None] = None, steps: Optional[int] = None, *,
+               seed: int = 0, callback: Optional[StepCallback] = None, eta: Optional[float] = None,
+               spacing: Optional[str] = None, clip_x0: Optional[bool] = None) -> np.ndarray:
+        """n images as (n, H, W, C) uint8. `scheduler` is a name (with steps/eta/spacing/clip_x0), a Scheduler,
+        or None (see `scheduler`)."""
         if n < 1:
             raise ToolkitError(f"the number of images must be >= 1, got {n}")
-        if isinstance(scheduler, str):
+        if not isinstance(scheduler, Scheduler):
             scheduler = self.scheduler(scheduler, steps, eta=eta, spacing=spacing, clip_x0=clip_x0)
         x_T, step_noise = self.draw_noise(n, scheduler.noise_steps, seed)
         return to_uint8(self.denoise(scheduler, x_T, step_noise, callback))
 
-    def draw_noise(self, n: int, noise_steps: int, seed: Union[int, np.random.Generator] = 0
-                   ) -> Tuple[np.ndarray, Iterator[np.ndarray]]:
-        """x_T now, then `noise_steps` z drawn lazily (same values as one (noise_steps, n, C, H, W) draw)."""
-        rng = np.random.default_rng(seed)
-        shape = (n, *self.image_shape)
-        x_T = rng.standard_normal(shape, dtype=np.float32)
-        return x_T, (rng.standard_normal(shape, dtype=np.float32) for _ in range(noise_steps))
+    def draw_noise(self, n: int, noise_steps: int, seed: int = 0) -> Tuple[np.ndarray, Iterator[np.ndarray]]:
+        """`draw_noise` for n images of this model."""
+        return draw_noise((n, *self.image_shape), noise_steps, seed)
 
     def denoise(self, scheduler: Scheduler, x_T: np.ndarray, step_noise: Iterable[np.ndarray] = (),
                 callback: Optional[StepCallback] = None) -> np.ndarray:
@@ -88,17 +118,42 @@ class Sampler:
         x = np.asarray(x_T, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != self.image_shape:
             raise ValueError(f"x_T must have shape (n, {', '.join(map(str, self.image_shape))}), got {x.shape}")
-        scheduler = scheduler.start()  # this run's own copy: nothing carries over from, or into, other runs
+        table = scheduler.table()
+        step, state = self._step(table, len(x))
         noise = iter(step_noise)
-        for index, t in enumerate(scheduler.timesteps):
-            eps = self.backend(x, np.full(len(x), t, dtype=self.t_dtype))
-            z = _next_noise(noise, index) if index < scheduler.noise_steps else None
-            x = scheduler.step(eps, int(t), x, z)
+        for i, t in enumerate(table.timesteps):
+            z = _next_noise(noise, i) if i < table.noise_steps else None
+            x, x0, state = step(x, i, z, state)
             if callback is not None:
-                callback(index, int(t), x)
+                callback(i, int(t), x)
         if next(noise, None) is not None:
-            raise ValueError(f"got more step noise than the {scheduler.noise_steps} stochastic steps")
+            raise ValueError(f"got more step noise than the {table.noise_steps} stochastic steps")
         return x
+
+    def _step(self, table: StepTable, n: int) -> Tuple[Step, State]:
+        """This artifact's step function for `table`, and its state before the first step."""
+        if self.carries is None:
+            return self._host_step(table), ()
+        carried = self.carries.scheduler(self.tables).table()
+        if not (np.array_equal(table.timesteps, carried.timesteps) and np.array_equal(table.weights, carried.weights)
+                and table.clip_x0 == carried.clip_x0):
+            raise ToolkitError(f"{self.manifest.artifact} carries its sampler ({self.carries.describe()}); "
+                               "the scheduler given is another")
+        state_shape = self.manifest.sampler["state_shape"]
+        return self._graph_step, np.zeros((state_shape[0], n, *self.image_shape), np.float32)
+
+    def _host_step(self, table: StepTable) -> Step:
+        """A U-Net artifact's step: eps from the backend, then the scheduler's step in numpy."""
+        def step(x: np.ndarray, i: int, z: Optional[np.ndarray], history: State) -> Tuple[np.ndarray, np.ndarray, State]:
+            eps = self.backend(x, np.full(len(x), table.timesteps[i], dtype=self.index_dtype))
+            return apply_step(table, i, x, eps, history, z)
+
+        return step
+
+    def _graph_step(self, x: np.ndarray, i: int, z: Optional[np.ndarray], state: State
+                    ) -> Tuple[np.ndarray, np.ndarray, State]:
+        """A sampler-step artifact's step: the U-Net and the scheduler step in one call (z is zeros where none)."""
+        return self.backend(x, np.array([i], self.index_dtype), np.zeros_like(x) if z is None else z, state)
 
 
 def _next_noise(noise: Iterator[np.ndarray], index: int) -> np.ndarray:

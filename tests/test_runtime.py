@@ -41,7 +41,7 @@ def test_seeded_noise_is_the_reference_samplers_noise(sampler):
     from ms_ddpm.train.diffusion import draw_sampling_noise
 
     x_T, lazy_noise = sampler.draw_noise(3, T - 1, seed=7)
-    ref_x_T, ref_noise = draw_sampling_noise(np.random.default_rng(7), (3, 1, 8, 8), T)
+    ref_x_T, ref_noise = draw_sampling_noise(7, (3, 1, 8, 8), T)
     assert np.array_equal(x_T, ref_x_T) and np.array_equal(np.stack(list(lazy_noise)), ref_noise)
 
 
@@ -50,7 +50,7 @@ def test_ddpm_on_onnxruntime_matches_the_mindspore_reference(sampler, tiny_check
     from ms_ddpm.train.diffusion import draw_sampling_noise, reference_sample
 
     net, _ = load_model(tiny_checkpoint)
-    x_T, step_noise = draw_sampling_noise(np.random.default_rng(0), (6, 1, 8, 8), T)
+    x_T, step_noise = draw_sampling_noise(0, (6, 1, 8, 8), T)
     reference = reference_sample(net, sampler.tables, x_T, step_noise)
     figures = compare_samples(reference, sampler.denoise(sampler.scheduler("ddpm"), x_T, step_noise))
     assert figures["psnr_db"] >= PSNR_MIN_DB and figures["max_abs"] <= MAX_ABS, figures
@@ -86,7 +86,6 @@ def test_same_seed_same_bytes(sampler, scheduler, steps):
     first = sampler.sample(4, scheduler, steps, seed=3)
     assert first.shape == (4, 8, 8, 1) and first.dtype == np.uint8
     assert first.tobytes() == sampler.sample(4, scheduler, steps, seed=3).tobytes()
-    assert first.tobytes() == sampler.sample(4, scheduler, steps, seed=np.random.default_rng(3)).tobytes()
     assert first.tobytes() != sampler.sample(4, scheduler, steps, seed=4).tobytes()
 
 

@@ -150,7 +150,7 @@ def sample_reference(checkpoint: Path, n: int, seed: int, out: Path, gif: Option
     net, loaded = load_model(checkpoint)
     model = loaded.config.model
     tables = ScheduleTables.from_name(loaded.config.diffusion.schedule, loaded.config.diffusion.timesteps)
-    x_T, step_noise = draw_sampling_noise(np.random.default_rng(seed), (n, model.channels, model.image_size, model.image_size),
+    x_T, step_noise = draw_sampling_noise(seed, (n, model.channels, model.image_size, model.image_size),
                                           tables.timesteps)
     frames: List[np.ndarray] = []
     with progress_bar(progress, total=tables.timesteps, desc="sample (MindSpore reference DDPM)") as bar:

@@ -2,8 +2,8 @@
 
 `reference_sample` is the tutorial's `p_sample_loop` (ancestral DDPM). It is the source of truth
 for the runtime's numeric checks, so its noise comes from outside: x_T and one z per step with
-t > 0, in loop order (t = T-1 ... 1). `draw_sampling_noise` makes them from a numpy Generator,
-the same way the runtime's pipeline does, so one seed gives identical noise on both sides.
+t > 0, in loop order (t = T-1 ... 1). `draw_sampling_noise` takes them from the runtime's own
+`draw_noise` (the portable generator, docs/noise.md), so one seed gives identical noise on both sides.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from ..runtime.pipeline import draw_noise
 from ..runtime.schedules import ScheduleTables
 
 
@@ -43,11 +44,10 @@ class ForwardProcess(nn.Cell):
         return (loss * ops.gather(self.p2_loss_weight, t, 0).reshape((-1, 1))).mean()
 
 
-def draw_sampling_noise(rng: np.random.Generator, shape: Tuple[int, ...], timesteps: int) -> Tuple[np.ndarray, np.ndarray]:
-    """x_T, then the z of each ancestral step t = T-1 ... 1 (float32, standard normal)."""
-    x_T = rng.standard_normal(shape, dtype=np.float32)
-    step_noise = rng.standard_normal((timesteps - 1, *shape), dtype=np.float32)
-    return x_T, step_noise
+def draw_sampling_noise(seed: int, shape: Tuple[int, ...], timesteps: int) -> Tuple[np.ndarray, np.ndarray]:
+    """x_T, then the z of each ancestral step t = T-1 ... 1 as one (T-1, *shape) array: the runtime's noise."""
+    x_T, step_noise = draw_noise(shape, timesteps - 1, seed)
+    return x_T, np.stack(list(step_noise))
 
 
 def reference_sample(model: nn.Cell, tables: ScheduleTables, x_T: np.ndarray, step_noise: Sequence[np.ndarray],

@@ -135,7 +135,7 @@ def write_progress_samples(path: Path, trainer: TrainStep, config: Config, n: in
     eval_net.set_train(False)
     tables = ScheduleTables.from_name(config.diffusion.schedule, config.diffusion.timesteps)
     shape = (n, config.model.channels, config.model.image_size, config.model.image_size)
-    x_T, step_noise = draw_sampling_noise(np.random.default_rng(config.train.seed), shape, tables.timesteps)
+    x_T, step_noise = draw_sampling_noise(config.train.seed, shape, tables.timesteps)
     path.parent.mkdir(exist_ok=True)
     save_grid(path, to_uint8(reference_sample(eval_net, tables, x_T, step_noise)))
 

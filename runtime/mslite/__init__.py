@@ -3,7 +3,7 @@
 Lite is reached through the official `mindspore_lite` Python API where it imports, otherwise through
 a small native bridge over the PyPI 2.0.0 wheel's C++ libraries (build it: `python -m ms_ddpm.runtime.mslite.build`).
 Importing this package loads no Lite library, and its names are imported on first use, so that
-`python -m runtime.mslite.convert` (or .build, .child, .bench) runs without a double import.
+`python -m ms_ddpm.runtime.mslite.convert` (or .build, .child) runs without a double import.
 """
 from typing import Any
 

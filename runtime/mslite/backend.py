@@ -1,9 +1,9 @@
-"""The `mslite` runtime backend: eps = backend(x_t, t) on a MindSpore Lite cloud MindIR model."""
+"""The `mslite` runtime backend: a MindSpore Lite cloud MindIR model as `outputs = backend(*inputs)`."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -14,18 +14,23 @@ from .convert import SUFFIX
 if TYPE_CHECKING:
     from ..manifest import Manifest
 
+Outputs = Union[np.ndarray, Tuple[np.ndarray, ...]]
+
 
 class MsliteBackend:
-    """Runs the U-Net with MindSpore Lite (official API if importable, else the native bridge).
+    """Runs a Lite model (official API if importable, else the native bridge) on whole batches.
 
-    `x` is float32 (B, C, H, W), `t` integer (B,); returns float32 eps (B, C, H, W). A model with a
-    dynamic batch is resized to each new B; a model with a fixed batch N is run in chunks of N
-    (the last chunk padded by repeating its final sample). The process must not import MindSpore.
+    Call it with the inputs named by `input_names` (default: the model's own order): each is cast to the
+    dtype the loaded model reports (the converter turns int64 inputs into int32) and the model is resized
+    to the given shapes when they change (dynamic axes only). Returns the one output, or a tuple of all.
+    Chunking and padding to a fixed batch are `runtime.backends.Backend`'s. The process must not import
+    MindSpore.
     """
 
     name = "mslite"
 
-    def __init__(self, model_path: str | os.PathLike, threads: Optional[int] = None, device: str = "cpu"):
+    def __init__(self, model_path: str | os.PathLike, threads: Optional[int] = None, device: str = "cpu",
+                 input_names: Optional[Sequence[str]] = None):
         path = Path(model_path)
         if not path.is_file():
             raise ToolkitError(f"MindSpore Lite model not found: {path}")
@@ -33,61 +38,48 @@ class MsliteBackend:
             raise ToolkitError(f"{path}: not a MindSpore Lite model (expected a {SUFFIX} file from "
                                f"`python -m runtime.mslite.convert`)")
         self._model = engine.open_model(path, threads, device)
-        self._x, self._t = _find_inputs(self._model.input_shapes, self._model.input_dtypes, path)
-        x_shape = self._model.input_shapes[self._x]
-        self.sample_shape: Tuple[int, ...] = tuple(x_shape[1:])
-        self.fixed_batch: Optional[int] = x_shape[0] if x_shape[0] > 0 else None
+        names = list(self._model.input_names)
+        self.input_names = list(input_names or names)
+        if sorted(self.input_names) != sorted(names):
+            raise ToolkitError(f"{path}: the model's inputs are {', '.join(names)}, expected {', '.join(self.input_names)}")
+        self._order = [self.input_names.index(name) for name in names]  # the model's input k is our argument _order[k]
+        self._loaded_shapes = [list(shape) for shape in self._model.input_shapes]  # model order; -1: a dynamic axis
+        self.input_shapes = [self._loaded_shapes[names.index(name)] for name in self.input_names]
+        self.output_names: List[str] = list(self._model.output_names)
         self.description = engine.describe()
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        x, t = self._checked(x, t)
-        step = self.fixed_batch or len(x)
-        chunks = [self._run(x[i:i + step], t[i:i + step], step) for i in range(0, len(x), step)]
-        return np.concatenate(chunks)
+    def __call__(self, *arrays: np.ndarray) -> Outputs:
+        given = [arrays[k] for k in self._order]
+        arrays = [np.ascontiguousarray(array, dtype=dtype) for array, dtype in zip(given, self._model.input_dtypes)]
+        for name, array, shape in zip(self._model.input_names, arrays, self._loaded_shapes):
+            _check_shape(name, array, shape)
+        shapes = [list(array.shape) for array in arrays]
+        if shapes != self._model.input_shapes:
+            self._model.resize(shapes)
+        outputs = self._model.predict(arrays)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def _checked(self, x: np.ndarray, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        x, t = np.asarray(x), np.asarray(t)
-        if x.ndim != 4 or x.shape[1:] != self.sample_shape or len(x) == 0:
-            raise ToolkitError(f"x must have shape (B, {', '.join(map(str, self.sample_shape))}) with B >= 1, "
-                               f"got {x.shape}")
-        if t.shape != (len(x),) or not np.issubdtype(t.dtype, np.integer):
-            raise ToolkitError(f"t must be integer timesteps of shape ({len(x)},), got {t.dtype} {t.shape}")
-        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(t, dtype=np.int32)
 
-    def _run(self, x: np.ndarray, t: np.ndarray, batch: int) -> np.ndarray:
-        """One Lite call on exactly `batch` samples (padding a short final chunk)."""
-        count = len(x)
-        if count < batch:
-            x = np.concatenate([x, np.repeat(x[-1:], batch - count, axis=0)])
-            t = np.concatenate([t, np.repeat(t[-1:], batch - count)])
-        self._resize(batch)
-        arrays = [x, t] if self._x < self._t else [t, x]  # in the model's input order
-        return self._model.predict(arrays)[:count]
-
-    def _resize(self, batch: int) -> None:
-        shapes = self._model.input_shapes
-        if shapes[self._x][0] != batch:
-            new = [[batch, *shape[1:]] for shape in shapes]
-            self._model.resize(new)
+def _check_shape(name: str, array: np.ndarray, shape: Sequence[int]) -> None:
+    """`array` must fit `shape` (-1: any size >= 1)."""
+    if array.ndim != len(shape) or any(d != s and not (d == -1 and s >= 1) for d, s in zip(shape, array.shape)):
+        wanted = ", ".join("B" if d == -1 else str(d) for d in shape)
+        raise ToolkitError(f"{name} must have shape ({wanted}{',' if len(shape) == 1 else ''}) with B >= 1, "
+                           f"got {array.shape}")
 
 
 def open_mslite(artifact: Path, manifest: "Manifest", *, threads: Optional[int] = None,
                 providers: Optional[Sequence[str]] = None) -> MsliteBackend:
     """The factory runtime.backends registers for `mslite` (`providers` is onnxruntime's; unused here)."""
-    backend = MsliteBackend(artifact, threads=threads)
-    x_spec = manifest.inputs[0].shape
-    if backend.sample_shape != tuple(x_spec[1:]) or backend.fixed_batch != manifest.fixed_batch:
-        raise ToolkitError(f"{artifact} does not match its manifest: the model takes x of shape "
-                           f"{[backend.fixed_batch or 'batch', *backend.sample_shape]}, the manifest says {x_spec}")
+    backend = MsliteBackend(artifact, threads=threads, input_names=[spec.name for spec in manifest.inputs])
+    wanted = [[axis if isinstance(axis, int) else -1 for axis in spec.shape] for spec in manifest.inputs]
+    if backend.input_shapes != wanted or backend.output_names != [spec.name for spec in manifest.outputs]:
+        raise ToolkitError(f"{artifact} does not match its manifest: the model takes "
+                           f"{_describe(backend.input_names, backend.input_shapes)} -> {', '.join(backend.output_names)}, "
+                           f"the manifest says {_describe([s.name for s in manifest.inputs], wanted)} -> "
+                           f"{', '.join(spec.name for spec in manifest.outputs)}")
     return backend
 
 
-def _find_inputs(shapes, dtypes, path: Path) -> Tuple[int, int]:
-    """Indices of x (rank 4, float32) and t (rank 1, integer) among the model's two inputs."""
-    ranks = [len(shape) for shape in shapes]
-    if sorted(ranks) != [1, 4]:
-        raise ToolkitError(f"{path}: expected a U-Net with inputs x (B, C, H, W) and t (B,), found shapes {shapes}")
-    x, t = ranks.index(4), ranks.index(1)
-    if dtypes[x] != "float32" or dtypes[t] != "int32":
-        raise ToolkitError(f"{path}: expected float32 x and int32 t, found {dtypes[x]} and {dtypes[t]}")
-    return x, t
+def _describe(names: Sequence[str], shapes: Sequence[Sequence[int]]) -> str:
+    return ", ".join(f"{name} {list(shape)}" for name, shape in zip(names, shapes))

@@ -72,6 +72,17 @@ ms::Status Invalid(const std::string &message) { return ms::Status(ms::kLitePara
 
 std::vector<ms::MSTensor> Inputs(void *handle) { return static_cast<Handle *>(handle)->model.GetInputs(); }
 
+std::vector<ms::MSTensor> Outputs(void *handle) { return static_cast<Handle *>(handle)->model.GetOutputs(); }
+
+// Copies a tensor's name (NUL-terminated) into `buffer`; returns its length, or -1 if it does not fit.
+int CopyName(const ms::MSTensor &tensor, char *buffer, int capacity) {
+  const std::string name = tensor.Name();  // inline, over the vector<char> overload
+  if (static_cast<int>(name.size()) >= capacity) return -1;
+  std::copy(name.begin(), name.end(), buffer);
+  buffer[name.size()] = '\0';
+  return static_cast<int>(name.size());
+}
+
 int CopyShape(const ms::MSTensor &tensor, int64_t *dims, int capacity) {
   const std::vector<int64_t> &shape = tensor.Shape();
   if (static_cast<int>(shape.size()) > capacity) return -1;
@@ -101,10 +112,11 @@ void *msl_model_load(const char *path, int model_type, int threads) {
 
 void msl_model_free(void *handle) { delete static_cast<Handle *>(handle); }
 
-int msl_num_inputs(void *handle) {
+// Returns the number of inputs (`output` 0) or outputs (1), or -1.
+int msl_num_tensors(void *handle, int output) {
   int count = -1;
-  Guard("cannot list inputs", [&] {
-    count = static_cast<int>(Inputs(handle).size());
+  Guard("cannot list the model's tensors", [&] {
+    count = static_cast<int>((output ? Outputs(handle) : Inputs(handle)).size());
     return ms::Status();
   });
   return count;
@@ -120,6 +132,18 @@ int msl_input_shape(void *handle, int index, int64_t *dims, int capacity) {
     return rank < 0 ? Invalid("rank too large") : ms::Status();
   });
   return rank;
+}
+
+// Writes input (`output` 0) or output (1) `index`'s name into `buffer`; returns its length, or -1.
+int msl_tensor_name(void *handle, int output, int index, char *buffer, int capacity) {
+  int length = -1;
+  Guard("cannot read a tensor name", [&] {
+    std::vector<ms::MSTensor> tensors = output ? Outputs(handle) : Inputs(handle);
+    if (index < 0 || index >= static_cast<int>(tensors.size())) return Invalid("no such tensor");
+    length = CopyName(tensors[index], buffer, capacity);
+    return length < 0 ? Invalid("name too long") : ms::Status();
+  });
+  return length;
 }
 
 // Returns input `index`'s data type (a mindspore::DataType code, e.g. 43 float32, 34 int32), or -1.

@@ -44,16 +44,28 @@ def _failure(result: subprocess.CompletedProcess) -> str:
     return errors[0] if errors else f"the MindSpore Lite child process failed (exit {result.returncode}): {tail}"
 
 
+def _checked(x: np.ndarray, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """A U-Net case: at least one image, and one integer timestep per image."""
+    if x.ndim < 1 or len(x) == 0:
+        raise ToolkitError(f"x must hold at least one image, got shape {x.shape}")
+    if t.shape != (len(x),) or not np.issubdtype(t.dtype, np.integer):
+        raise ToolkitError(f"t must be integer timesteps of shape ({len(x)},), got {t.dtype} {t.shape}")
+    return x, t
+
+
 def main(argv: List[str]) -> None:
     """Child side: MODEL INPUTS.npz OUTPUTS.npz THREADS."""
+    from ..backends import Backend
     from .backend import MsliteBackend
 
     model, inputs, outputs, threads = argv
     try:
-        backend = MsliteBackend(model, threads=int(threads) or None)
+        lite = MsliteBackend(model, threads=int(threads) or None, input_names=("x", "t"))
+        fixed = lite.input_shapes[0][0]
+        eps_of = Backend("mslite", lite, fixed_batch=fixed if fixed > 0 else None)  # chunks and pads a fixed batch
         with np.load(inputs, allow_pickle=False) as data:
             count = len(data.files) // 2
-            eps = {f"eps{i}": backend(data[f"x{i}"], data[f"t{i}"]) for i in range(count)}
+            eps = {f"eps{i}": eps_of(*_checked(data[f"x{i}"], data[f"t{i}"])) for i in range(count)}
         np.savez(outputs, **eps)
     except ToolkitError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

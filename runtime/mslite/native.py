@@ -19,6 +19,7 @@ from ..errors import ToolkitError
 from .build import BUILD_COMMAND, LITE_VERSION, bridge_library, check_platform
 
 MAX_RANK = 8
+MAX_NAME = 1024
 MODEL_TYPE_MINDIR = 0  # mindspore::ModelType::kMindIR: the cloud MindIR the converter writes as .mindir
 DTYPES = {43: "float32", 34: "int32", 35: "int64"}  # mindspore::DataType codes
 # Lite's glog lines: "[ERROR] LITE(pid,tid,python):date [file:line] function] message"
@@ -29,9 +30,10 @@ _SIGNATURES = {
     "msl_last_error": (ctypes.c_char_p, []),
     "msl_model_load": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]),
     "msl_model_free": (None, [ctypes.c_void_p]),
-    "msl_num_inputs": (ctypes.c_int, [ctypes.c_void_p]),
+    "msl_num_tensors": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
     "msl_input_shape": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, _I64P, ctypes.c_int]),
     "msl_input_dtype": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+    "msl_tensor_name": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]),
     "msl_resize": (ctypes.c_int, [ctypes.c_void_p, _I64P, ctypes.POINTER(ctypes.c_int), ctypes.c_int]),
     "msl_predict": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
                                    ctypes.POINTER(ctypes.c_size_t), ctypes.c_int]),
@@ -108,8 +110,23 @@ def _shape(getter, handle: int, index: int) -> List[int]:
     return [int(d) for d in dims[:rank]]
 
 
+def _name(handle: int, output: bool, index: int) -> str:
+    buffer = ctypes.create_string_buffer(MAX_NAME)
+    if library().msl_tensor_name(handle, int(output), index, buffer, MAX_NAME) < 0:
+        raise ToolkitError(_last_error())
+    return buffer.value.decode(errors="replace")
+
+
+def _count(handle: int, output: bool) -> int:
+    count = library().msl_num_tensors(handle, int(output))
+    if count < 0:
+        raise ToolkitError(_last_error())
+    return count
+
+
 class NativeModel:
-    """A built Lite model: its inputs' shapes and types, resize, and predict (first output, float32)."""
+    """A built Lite model: its inputs' names, shapes and types, its output names, resize, and predict
+    (every output, float32)."""
 
     def __init__(self, path: Path, threads: Optional[int]):
         lib = library()
@@ -122,9 +139,9 @@ class NativeModel:
         if log:
             print("\n".join(log), file=sys.stderr)
         self._handle = handle
-        count = lib.msl_num_inputs(handle)
-        if count < 0:
-            raise ToolkitError(_last_error())
+        count = _count(handle, output=False)
+        self.input_names = [_name(handle, False, i) for i in range(count)]
+        self.output_names = [_name(handle, True, i) for i in range(_count(handle, output=True))]
         self.input_shapes = [_shape(lib.msl_input_shape, handle, i) for i in range(count)]
         self.input_dtypes = [DTYPES.get(lib.msl_input_dtype(handle, i), "unsupported") for i in range(count)]
 
@@ -135,14 +152,17 @@ class NativeModel:
                                     (ctypes.c_int * len(ranks))(*ranks), len(ranks)))
         self.input_shapes = [list(shape) for shape in shapes]
 
-    def predict(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        """Run on C-contiguous arrays of the inputs' exact shapes and types; returns output 0."""
+    def predict(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Run on C-contiguous arrays of the inputs' exact shapes and types; returns every output, in order."""
         lib = library()
         pointers = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
         sizes = (ctypes.c_size_t * len(arrays))(*[a.nbytes for a in arrays])
         _check(lib.msl_predict(self._handle, pointers, sizes, len(arrays)))
-        output = np.empty(_shape(lib.msl_output_shape, self._handle, 0), dtype=np.float32)
-        _check(lib.msl_output_copy(self._handle, 0, output.ctypes.data, output.nbytes))
+        return [self._output(index) for index in range(len(self.output_names))]
+
+    def _output(self, index: int) -> np.ndarray:
+        output = np.empty(_shape(library().msl_output_shape, self._handle, index), dtype=np.float32)
+        _check(library().msl_output_copy(self._handle, index, output.ctypes.data, output.nbytes))
         return output
 
     def __del__(self) -> None:

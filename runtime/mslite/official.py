@@ -39,7 +39,8 @@ def _lite_error(what: str, exc: Exception) -> ToolkitError:
 
 
 class OfficialModel:
-    """Same interface as native.NativeModel, on `mindspore_lite.Model`."""
+    """Same interface as native.NativeModel (input/output names, shapes, dtypes; resize; predict), on
+    `mindspore_lite.Model`."""
 
     def __init__(self, path: Path, threads: Optional[int], device: str):
         mslite = _module()
@@ -51,8 +52,10 @@ class OfficialModel:
             self._model = mslite.Model()
             self._model.build_from_file(str(path), mslite.ModelType.MINDIR, context)
             self._inputs = self._model.get_inputs()
+            self.output_names = [tensor.name for tensor in self._model.get_outputs()]
         except Exception as exc:  # the API raises RuntimeError/ValueError/TypeError for bad models
             raise _lite_error(f"{path}: cannot load the Lite model", exc) from None
+        self.input_names = [tensor.name for tensor in self._inputs]
         self.input_shapes: List[List[int]] = [list(tensor.shape) for tensor in self._inputs]
         self.input_dtypes = [_DTYPE_NAMES.get(getattr(tensor.dtype, "name", ""), "unsupported")
                              for tensor in self._inputs]
@@ -64,12 +67,12 @@ class OfficialModel:
             raise _lite_error("cannot resize the Lite model", exc) from None
         self.input_shapes = [list(shape) for shape in shapes]
 
-    def predict(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    def predict(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
         try:
             for tensor, array in zip(self._inputs, arrays):
                 tensor.set_data_from_numpy(array)
             outputs = self._model.predict(self._inputs)
-            return np.asarray(outputs[0].get_data_to_numpy(), dtype=np.float32)
+            return [np.asarray(output.get_data_to_numpy(), dtype=np.float32) for output in outputs]
         except Exception as exc:
             raise _lite_error("Lite inference failed", exc) from None
 
