@@ -170,6 +170,24 @@ def test_browser_noise_equals_python(urls, tmp_path):
         assert np.abs(theirs.astype(np.float64) - normals(seed, count)).max() <= 1e-6, seed
 
 
+def test_javascript_uint8_rounds_like_numpy(tmp_path):
+    """grid.mjs's toUint8 on float32 values at and around every rounding boundary, and on random ones."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: run `make web`")
+    boundaries = ((np.arange(257, dtype=np.float64) - 0.5) / 127.5 - 1).astype(np.float32)
+    near = [np.nextafter(boundaries, np.float32(side * np.inf)) for side in (-1, 1)]
+    x = np.concatenate([boundaries, *near, np.random.default_rng(0).normal(0, 1.5, 10**5).astype(np.float32),
+                        np.float32([-1, 1, 0, -1e30, 1e30])])
+    x.tofile(tmp_path / "x.f32")
+    script = (f"import {{ readFileSync, writeFileSync }} from 'node:fs'; import {{ toUint8 }} from {(PAGE / 'grid.mjs').as_uri()!r};"
+              f"const x = new Float32Array(readFileSync({str(tmp_path / 'x.f32')!r}).buffer.slice(0));"
+              f"writeFileSync({str(tmp_path / 'u8')!r}, Uint8Array.from(x, toUint8));")
+    subprocess.run([node, "--input-type=module", "-e", script], check=True)
+    expected = to_uint8(x.reshape(1, 1, 1, -1)).reshape(-1)
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "u8", dtype=np.uint8), expected)
+
+
 # ---- the page shows errors instead of hanging --------------------------------------------------------------
 def drop_sampler_section(manifest: Path) -> None:
     data = json.loads(manifest.read_text())
