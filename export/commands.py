@@ -11,6 +11,8 @@ import typer
 from ..runtime.commands import check_artifact_path
 from ..runtime.errors import ToolkitError, VerificationFailed
 from ..runtime.files import check_output_dir
+from ..runtime.manifest import SamplerSettings
+from ..runtime.schedulers import DEFAULT_SPACING, SCHEDULERS, SPACINGS
 from ..train import require_extra
 from ..train.run_paths import resolve_checkpoint_path
 
@@ -22,6 +24,7 @@ _ATOL = typer.Option(None, help=f"Gate: largest allowed |artifact - MindSpore| (
 _MIN_COSINE = typer.Option(None, help=f"Gate: smallest allowed cosine similarity per case (default {DEFAULT_MIN_COSINE:g}; "
                                       f"mslite {MSLITE_THRESHOLDS.min_cosine:g}).")
 _SEED = typer.Option(DEFAULT_SEED, help="Gate: seed of the random inputs (x ~ N(0,1), t spanning 0..T-1).")
+STEP_FORMATS = ("onnx", "mslite")  # the formats a sampler-step artifact is written in
 _CHECKPOINT = typer.Option(..., help="A .ckpt file, or a run directory (its checkpoints/latest.ckpt).")
 
 
@@ -41,13 +44,23 @@ def export(
     atol: float = _ATOL,
     min_cosine: float = _MIN_COSINE,
     seed: int = _SEED,
+    sampler: Optional[str] = typer.Option(None, help=f"Write a sampler-step artifact instead: the U-Net and one step of this "
+                                                     f"scheduler in one model ({' | '.join(SCHEDULERS)}; onnx or mslite; "
+                                                     "default name unet.sampler.onnx / unet.sampler.lite.mindir)."),
+    steps: Optional[int] = typer.Option(None, help="--sampler: its steps (default T for ddpm, 50 for ddim, 20 for the DPM-Solvers)."),
+    eta: Optional[float] = typer.Option(None, help="--sampler ddim: eta (default 0)."),
+    spacing: Optional[str] = typer.Option(None, help=f"--sampler: timestep spacing, {' | '.join(SPACINGS)} (default {DEFAULT_SPACING})."),
+    clip_x0: bool = typer.Option(False, "--clip-x0", help="--sampler: clip each predicted x0 to [-1, 1]."),
 ) -> None:
     """Export the U-Net eps(x_t, t) to ONNX, MindIR or MindSpore Lite, prove it matches MindSpore, write artifact + manifest.
+
+    With --sampler, the artifact is the U-Net and one scheduler step, (x, i, z, state) -> (x_next, x0, state_next); its gate runs whole trajectories against the runtime's loop on the MindSpore model (final max abs <= 1e-4; Lite 2e-3) and, for DDPM at all T steps, the end-to-end check.
 
     The numeric gate reloads the artifact as a consumer would (onnxruntime; mindspore.load + GraphCell; the Lite runtime in a child process), compares it with the checkpoint's model on random inputs at batch sizes 1, 5, 16, 64 (or the fixed batch), and fails the export (exit 1, nothing written) unless every case meets --atol and --min-cosine.
     """
     require_extra("export", "mindspore", "onnx")
     fmt, batch_size = check_format(fmt), parse_batch(batch)
+    step = sampler_settings(fmt, sampler, steps, eta, spacing, clip_x0)
     resolve_checkpoint_path(checkpoint)
     _check_thresholds(atol, min_cosine)
     if not verify and (atol, min_cosine) != (None, None):
@@ -57,7 +70,8 @@ def export(
     from .pipeline import ExportRequest, GateSettings, export_checkpoint
 
     request = ExportRequest(format=fmt, out=out, batch=batch_size, opset=opset, optimize=optimize,
-                            gate=GateSettings(atol, min_cosine, seed) if verify else None)
+                            gate=GateSettings(atol, min_cosine, seed) if verify else None,
+                            sampler=step)
     export_checkpoint(checkpoint, request, log=_log)
 
 
@@ -85,6 +99,26 @@ def verify(
         from .end_to_end import check_end_to_end
 
         check_end_to_end(artifact, checkpoint, seed=seed, log=typer.echo)
+
+
+def sampler_settings(fmt: str, name: Optional[str], steps: Optional[int], eta: Optional[float], spacing: Optional[str],
+                     clip_x0: bool) -> Optional[SamplerSettings]:
+    """The --sampler options, checked before any slow work (steps <= T once the checkpoint is loaded)."""
+    given = [flag for flag, value in (("--steps", steps), ("--eta", eta), ("--spacing", spacing), ("--clip-x0", clip_x0 or None))
+             if value is not None]
+    if name is None:
+        if given:
+            raise ToolkitError(f"{', '.join(given)}: sampler options, for --sampler only")
+        return None
+    if fmt not in STEP_FORMATS:
+        raise ToolkitError(f"--sampler writes an onnx or mslite artifact, not {fmt}")
+    if name not in SCHEDULERS:
+        raise ToolkitError(f"unknown sampler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    if eta is not None and name != "ddim":
+        raise ToolkitError(f"--eta applies to --sampler ddim only, not {name}")
+    if (eta or 0) < 0 or (steps is not None and steps < 1) or (spacing or DEFAULT_SPACING) not in SPACINGS:
+        raise ToolkitError(f"--sampler needs --steps >= 1, --eta >= 0 and --spacing one of {', '.join(SPACINGS)}")
+    return SamplerSettings(name, steps, eta or 0.0, spacing or DEFAULT_SPACING, clip_x0)
 
 
 def _check_thresholds(atol: Optional[float], min_cosine: Optional[float]) -> None:

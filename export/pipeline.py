@@ -21,12 +21,13 @@ from mindspore import nn
 from ..runtime.config import Config, ModelConfig
 from ..runtime.errors import ToolkitError, VerificationFailed, first_line
 from ..runtime.files import atomic_path, check_output_dir, sha256_file
-from ..runtime.manifest import Manifest, TensorSpec, manifest_path_for
+from ..runtime.manifest import Manifest, SamplerSettings, TensorSpec, manifest_path_for
 from ..runtime.schedules import ScheduleTables
 from ..train.checkpoint import Checkpoint, load_model
 
 from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported, format_module
 from .gate import DEFAULT_SEED, EpsFn, GateReport, Thresholds, format_report, gate_batch_sizes, gate_cases, run_gate
+from .sampler_export import STEP_THRESHOLDS, SUFFIX as STEP_SUFFIX, export_step, run_step_gate
 from .source import source_eps
 
 Log = Callable[[str], None]
@@ -41,7 +42,10 @@ class GateSettings:
     seed: int = DEFAULT_SEED
 
     def thresholds_for(self, module: ModuleType) -> Thresholds:
-        default = getattr(module, "THRESHOLDS", Thresholds())
+        return self.over(getattr(module, "THRESHOLDS", Thresholds()))
+
+    def over(self, default: Thresholds) -> Thresholds:
+        """The given thresholds, `default`'s where none was given."""
         return Thresholds(default.atol if self.atol is None else self.atol,
                           default.min_cosine if self.min_cosine is None else self.min_cosine).validate()
 
@@ -54,6 +58,7 @@ class ExportRequest:
     opset: Optional[int] = None  # ONNX only; None: the exporter's own
     gate: Optional[GateSettings] = GateSettings()  # None: skip the numeric gate
     optimize: bool = True  # formats built on the ONNX graph: export it optimised (export.onnx_optimize)
+    sampler: Optional[SamplerSettings] = None  # a sampler-step artifact (export/sampler_export.py) instead of the U-Net
 
 
 def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Path:
@@ -64,14 +69,18 @@ def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Pat
         request.gate.thresholds_for(module)  # bad thresholds fail before the slow work
     options = _export_options(module, request)
     net, source = _load_source(checkpoint, log)
-    out = check_output_dir(request.out or default_output(source.path, module.SUFFIX))
+    out = check_output_dir(request.out or default_output(source.path, (request.sampler and STEP_SUFFIX or "") + module.SUFFIX))
     check_output_dir(manifest_path_for(out))
     with tempfile.TemporaryDirectory(prefix="ms-ddpm-export.") as scratch:
         # MindSpore's exporters accept only [0-9a-zA-Z@_-.:/] in a path: export to a plain name first.
         artifact = Path(scratch) / f"unet{module.SUFFIX}"
-        exported = _export(module, net, source.config.model, artifact, request, options, log)
-        verification = _verification(module, artifact, net, source.config, request, log)
-        manifest = build_manifest(request, out.name, sha256_file(artifact), exported, source, verification)
+        if request.sampler is None:
+            exported = _export(module, net, source.config.model, artifact, request, options, log)
+            verification = _verification(request, log, lambda: _run_gate(module, artifact, net, source.config,
+                                                                        request.batch, request.gate, log))
+            manifest = build_manifest(request, out.name, sha256_file(artifact), exported, source, verification)
+        else:
+            manifest = export_step(net, source, artifact, out.name, request, log)
         _install(artifact, manifest, out)
     log(f"wrote {out} and {manifest_path_for(out).name} ({time.perf_counter() - started:.1f} s in all)")
     return out
@@ -84,10 +93,14 @@ def verify_artifact(artifact: Path, checkpoint: Path, settings: GateSettings, lo
     manifest = Manifest.load(manifest_path_for(artifact))
     module = format_module(manifest.format)
     settings.thresholds_for(module)
-    artifact_eps = module.load_eps(artifact)
+    artifact_eps = None if manifest.sampler else module.load_eps(artifact)
     net, source = _load_source(checkpoint, log)
     _check_manifest_matches(manifest, source.config)
-    report = _run_gate(module, artifact, net, source.config, manifest.fixed_batch, settings, log, artifact_eps)
+    if manifest.sampler is None:
+        report = _run_gate(module, artifact, net, source.config, manifest.fixed_batch, settings, log, artifact_eps)
+    else:
+        report = run_step_gate(artifact, manifest, net, source, settings.over(STEP_THRESHOLDS[manifest.format]),
+                               settings.seed, log)
     if sha256_file(artifact) != manifest.artifact_sha256:
         report.notes.append("the artifact's sha256 differs from its manifest's (the file changed after export)")
     if sha256_file(source.path) != manifest.source_checkpoint_sha256:
@@ -176,13 +189,12 @@ def _install(artifact: Path, manifest: Manifest, out: Path) -> None:
     manifest.save(manifest_path)
 
 
-def _verification(module: ModuleType, artifact: Path, net: nn.Cell, config: Config, request: ExportRequest,
-                  log: Log) -> Dict[str, Any]:
-    """The manifest's verification entry; raises VerificationFailed when the gate fails."""
+def _verification(request: ExportRequest, log: Log, gate: Callable[[], GateReport]) -> Dict[str, Any]:
+    """The manifest's verification entry from `gate()`; raises VerificationFailed when the gate fails."""
     if request.gate is None:
         log(f"WARNING: {SKIPPED_WARNING}")
         return {"skipped": True, "warning": SKIPPED_WARNING}
-    report = _run_gate(module, artifact, net, config, request.batch, request.gate, log)
+    report = gate()
     log(format_report(report))
     if not report.passed:
         raise VerificationFailed("the export failed the numeric gate; no artifact was written")
