@@ -97,11 +97,32 @@ def _check_after_kill(run: Path) -> int:
     return checkpoint.step
 
 
-def test_training_killed_at_random_points_and_inside_a_checkpoint_write_resumes_exactly(tmp_path):
+def _finish_and_compare_with_an_uninterrupted_run(run: Path, straight: Path) -> None:
+    """Resume `run` to the end, train `straight` without a break: weights, EMA, Adam state (its step counter drives
+    the LR schedule) and loss curve must agree. Both run here, through the trainer behind `train --resume`: two
+    process starts fewer (each costs 10-20 s of MindSpore import and compilation)."""
     from ms_ddpm.train import trainer as trainer_module
     from ms_ddpm.train.checkpoint import load_checkpoint
     from ms_ddpm.train.data import load_images, to_model_range
 
+    config = load_checkpoint(run).config
+    images = to_model_range(load_images(config.train.data, config.model.image_size, config.model.channels))
+    trainer_module.train(config, images, run, resume=True, show_progress=False)
+    assert _temporaries(run / "checkpoints") == []
+    resumed = load_checkpoint(run)
+    reference = load_checkpoint(trainer_module.train(config, images, straight, show_progress=False).checkpoint)
+    assert resumed.step == reference.step == STEPS
+    for table in ("weights", "ema_weights", "optimizer_state"):
+        ours, theirs = getattr(resumed, table), getattr(reference, table)
+        assert ours.keys() == theirs.keys() and ours, table
+        for name in ours:
+            np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=1e-6, err_msg=f"{table} {name}")
+    curve = _logged(run)
+    assert [r["step"] for r in curve] == list(range(1, STEPS + 1)), "the loss curve has gaps or repeats"
+    np.testing.assert_allclose([r["loss"] for r in curve], [r["loss"] for r in _logged(straight)], rtol=1e-5)
+
+
+def test_training_killed_at_random_points_and_inside_a_checkpoint_write_resumes_exactly(tmp_path):
     run = tmp_path / "run"
     rng = np.random.default_rng(2024)  # the random kill points, reproducible
     kill_points = []
@@ -131,23 +152,7 @@ def test_training_killed_at_random_points_and_inside_a_checkpoint_write_resumes_
     kill_at_random("--resume")
     assert not set(held) & set(_temporaries(run / "checkpoints")), "the killed writer's temporary was not cleaned"
 
-    # The last leg and the uninterrupted reference run here, through the trainer behind `train --resume`:
-    # two process starts fewer (each costs 10-20 s of MindSpore import and compilation).
-    config = load_checkpoint(run).config
-    images = to_model_range(load_images(config.train.data, config.model.image_size, config.model.channels))
-    trainer_module.train(config, images, run, resume=True, show_progress=False)
-    assert _temporaries(run / "checkpoints") == []
-    resumed = load_checkpoint(run)
-    straight = load_checkpoint(trainer_module.train(config, images, tmp_path / "straight", show_progress=False).checkpoint)
-    assert resumed.step == straight.step == STEPS
-    for table in ("weights", "ema_weights", "optimizer_state"):
-        ours, theirs = getattr(resumed, table), getattr(straight, table)
-        assert ours.keys() == theirs.keys() and ours, table
-        for name in ours:
-            np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=1e-6, err_msg=f"{table} {name}")
-    curve, reference = _logged(run), _logged(tmp_path / "straight")
-    assert [r["step"] for r in curve] == list(range(1, STEPS + 1)), "the loss curve has gaps or repeats"
-    np.testing.assert_allclose([r["loss"] for r in curve], [r["loss"] for r in reference], rtol=1e-5)
+    _finish_and_compare_with_an_uninterrupted_run(run, tmp_path / "straight")
     assert len(kill_points) == 3, kill_points
 
 
@@ -217,3 +222,48 @@ def test_export_killed_mid_install_leaves_the_old_artifact_or_none(tiny_checkpoi
 
     export_checkpoint(other_checkpoint, ExportRequest(format="onnx", out=out, gate=None), log=lambda _: None)
     assert _usable(out) and _temporaries(tmp_path) == []
+
+
+# ---- Ctrl-C and SIGTERM: stop cleanly ------------------------------------------------------------------
+STOP_LINE = "interrupted at step {}; checkpoint written; continue with --resume"
+
+
+def _stop_mid_run(tmp: Path, run: Path, number: int, *args: str) -> int:
+    """Start `train ARGS`, send signal `number` a few logged steps in; returns the exit code after checking the
+    one line and the checkpoint written at the step reached (no regular checkpoint is due before the end)."""
+    target = max((record["step"] for record in _logged(run)), default=0) + 3
+    child = _start(tmp, "train", "--out", run, *args)
+    child.wait_until(lambda: bool(_logged(run)) and _logged(run)[-1]["step"] >= target, f"step {target}")
+    child.process.send_signal(number)
+    code = child.process.wait(timeout=START_TIMEOUT)
+    from ms_ddpm.train.checkpoint import load_checkpoint
+
+    step = load_checkpoint(run).step
+    assert step == _logged(run)[-1]["step"] >= target  # the step under way when the signal came was finished
+    lines = [line for line in child.stderr.read_text().splitlines() if line.strip()]
+    assert lines[-1] == STOP_LINE.format(step) and "Traceback" not in child.stderr.read_text(), lines[-5:]
+    assert _temporaries(run / "checkpoints") == []
+    return code
+
+
+def test_sigint_and_sigterm_stop_training_with_a_checkpoint_and_resume_ends_as_an_uninterrupted_run(tmp_path):
+    run = tmp_path / "run"
+    args = [*TRAIN[:TRAIN.index("--checkpoint-every")], "--checkpoint-every", str(STEPS), *TRAIN[TRAIN.index("--log-every"):]]
+    # 130 for SIGINT; but MindSpore installs its own SIGINT handler whenever a compiled graph runs, one that sends
+    # SIGTERM to the process (strace: kill(self, SIGTERM)), so a Ctrl-C landing inside a step exits 143.
+    assert _stop_mid_run(tmp_path, run, signal.SIGINT, *args) in (130, 143)
+    assert _stop_mid_run(tmp_path, run, signal.SIGTERM, "--resume") == 143
+
+    _finish_and_compare_with_an_uninterrupted_run(run, tmp_path / "straight")
+
+
+def test_ctrl_c_while_sample_writes_its_grid_leaves_no_file(tiny_checkpoint, tmp_path):
+    """Held just before the grid's rename (the fault-injection plug-in), then Ctrl-C: one line, 130, no file."""
+    out = tmp_path / "grid.png"
+    child = _start(tmp_path, "sample", "--checkpoint", tiny_checkpoint, "--n", "2", "--out", out, hold="grid.png:1")
+    child.wait_for_hold()
+    child.process.send_signal(signal.SIGINT)
+    assert child.process.wait(timeout=60) == 130
+    lines = [line for line in child.stderr.read_text().splitlines() if line.strip() and HOLD_BEFORE_RENAME not in line]
+    assert lines == ["error: interrupted; no partial output was written"], lines
+    assert list(tmp_path.glob("grid*")) == [] and _temporaries(tmp_path) == []

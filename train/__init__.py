@@ -64,9 +64,3 @@ def prepare_mindspore() -> str:
         os.environ.setdefault("GLOG_v", "3")
     return _note
 
-
-def __getattr__(name: str) -> str:
-    """`CPU_DISPATCH_NOTE`, as bench/worker.py still reads it: the note of prepare_mindspore()."""
-    if name == "CPU_DISPATCH_NOTE":
-        return prepare_mindspore()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
