@@ -1,72 +1,65 @@
-"""The Python side of tests/test_cpp_host.py: the host loop on a sampler-step Lite artifact, through the
-toolkit's native bridge, in a process of its own (no MindSpore here).
+"""The Python side of tests/test_cpp_host.py: the Python runtime (`Sampler`, backend mslite) on a sampler-step
+Lite artifact, in a process of its own (Lite cannot share one with MindSpore, which the tests import).
 
-    python lite_step_loop.py MODEL.lite.mindir NOISE.npy OUT.npz [THREADS]
+    python lite_step_loop.py MODEL OUT.npz (--noise NOISE.npy | --seed S --n N) [--threads T] [--x0]
 
 NOISE.npy: float32 (1 + noise_steps, N, C, H, W), x_T then each noisy step's z (the C++ host's --noise).
-OUT.npz: x (the final x), x0 (every step's x0 prediction, (steps, N, C, H, W)), and the times in seconds
-of the model load and of each step. Calls the bridge's C functions directly (output i of the step
-model: 0 x_next, 1 x0, 2 state_next, in the ONNX graph's order).
+OUT.npz: x (the final x of `Sampler.denoise`), load_s and step_s (seconds: `Sampler.load`, each step); with
+--seed, images (`Sampler.sample(N, seed=S)`, uint8); with --x0, x0 (each step's x0 prediction).
 """
 from __future__ import annotations
 
-import ctypes
-import json
+import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-from ms_ddpm.runtime.mslite.native import MAX_RANK, MODEL_TYPE_MINDIR, library
-
-INT_TYPES = {34: np.int32, 35: np.int64}  # mindspore::DataType codes
+from ms_ddpm.runtime.pipeline import Sampler
 
 
-def _check(status: int) -> None:
-    if status != 0:
-        raise RuntimeError(library().msl_last_error().decode())
-
-
-def _output(handle: int, index: int) -> np.ndarray:
-    dims = (ctypes.c_int64 * MAX_RANK)()
-    rank = library().msl_output_shape(handle, index, dims, MAX_RANK)
-    if rank < 0:
-        raise RuntimeError(library().msl_last_error().decode())
-    out = np.empty(list(dims[:rank]), np.float32)
-    _check(library().msl_output_copy(handle, index, out.ctypes.data, out.nbytes))
-    return out
-
-
-def main(model: str, noise_path: str, out_path: str, threads: int = 0) -> None:
-    sampler = json.loads(open(model + ".json").read())["sampler"]
-    noise = np.load(noise_path)
-    x, z_steps = noise[0], noise[1:]
-    lib = library()
-    started = time.perf_counter()
-    handle = lib.msl_model_load(model.encode(), MODEL_TYPE_MINDIR, threads)
-    if not handle:
-        raise RuntimeError(lib.msl_last_error().decode())
-    index_type = INT_TYPES[lib.msl_input_dtype(handle, 1)]  # int64 in the ONNX graph, int32 after Lite's converter
-    state = np.zeros((sampler["state_shape"][0], *x.shape), np.float32)
-    shapes = [x.shape, (1,), x.shape, state.shape]
-    flat = [d for shape in shapes for d in shape]
-    _check(lib.msl_resize(handle, (ctypes.c_int64 * len(flat))(*flat), (ctypes.c_int * 4)(*map(len, shapes)), 4))
-    load_s = time.perf_counter() - started
-    x0s, step_s = [], []
-    for i in range(sampler["steps"]):
-        started = time.perf_counter()
-        z = z_steps[i] if i < sampler["noise_steps"] else np.zeros_like(x)
-        arrays = [np.ascontiguousarray(a) for a in (x, np.array([i], index_type), z, state)]
-        pointers = (ctypes.c_void_p * 4)(*[a.ctypes.data for a in arrays])
-        _check(lib.msl_predict(handle, pointers, (ctypes.c_size_t * 4)(*[a.nbytes for a in arrays]), 4))
-        x, x0, state = (_output(handle, k) for k in range(3))
+def previews(sampler: Sampler, x: np.ndarray, step_noise: list) -> np.ndarray:
+    """Each step's x0 (the backend's second output), from the loop `Sampler.denoise` runs, written out."""
+    steps = sampler.manifest.sampler["steps"]
+    state = np.zeros((sampler.manifest.sampler["state_shape"][0], *x.shape), np.float32)
+    x0s = []
+    for i in range(steps):
+        z = step_noise[i] if i < len(step_noise) else np.zeros_like(x)
+        x, x0, state = sampler.backend(x, np.array([i], sampler.index_dtype), z, state)
         x0s.append(x0)
-        step_s.append(time.perf_counter() - started)
-    np.savez(out_path, x=x, x0=np.stack(x0s), load_s=load_s, step_s=np.array(step_s))
-    sys.stdout.flush()
+    return np.stack(x0s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("out")
+    parser.add_argument("--noise")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--n", type=int)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--x0", action="store_true")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    sampler = Sampler.load(args.model, threads=args.threads)
+    load_s = time.perf_counter() - started
+    scheduler = sampler.scheduler()
+    if args.noise:
+        noise = np.load(args.noise)
+        x_T, step_noise = noise[0], list(noise[1:])
+    else:
+        x_T, step_noise = sampler.draw_noise(args.n, scheduler.noise_steps, args.seed)
+        step_noise = list(step_noise)
+    times = [time.perf_counter()]
+    x = sampler.denoise(scheduler, x_T, step_noise, callback=lambda *_: times.append(time.perf_counter()))
+    results = {"x": x, "load_s": load_s, "step_s": np.diff(times)}
+    if args.seed is not None:
+        results["images"] = sampler.sample(args.n, seed=args.seed)
+    if args.x0:
+        results["x0"] = previews(sampler, x_T, step_noise)
+    np.savez(args.out, **results)
     os._exit(0)  # skip Lite's exit-time destructors (one has crashed at exit)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4], *map(int, sys.argv[4:5]))
+    main()

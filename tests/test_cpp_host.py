@@ -7,11 +7,10 @@ Step artifacts: the tiny checkpoint (T = 10) as DDPM-T, and DDIM and DPM-Solver+
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict
 
@@ -19,9 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import LITE_PLATFORM, REPO, assert_clean_error
+from conftest import LITE_PLATFORM, REPO, assert_clean_error, run_cli, tiny_config
 from ms_ddpm.runtime.images import save_grid, to_uint8
-from ms_ddpm.runtime.noise import NoiseStream
 
 pytestmark = pytest.mark.skipif(not LITE_PLATFORM, reason="MindSpore Lite's only PyPI wheel is for x86_64 Linux")
 
@@ -43,34 +41,35 @@ def host() -> Path:
     return HOST_DIR / "build" / "ddpm-sample"
 
 
+def export_step_artifact(checkpoint: Path, out: Path, name: str, steps: int) -> Path:
+    """`cli.py export --format mslite --sampler NAME --steps S`, unverified (the export gate has its own tests)."""
+    result = run_cli("export", "--checkpoint", checkpoint, "--format", "mslite", "--sampler", name, "--steps", steps,
+                     "--no-verify", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
 @pytest.fixture(scope="module")
-def step_artifacts(tiny_exports, tmp_path_factory) -> Dict[str, Path]:
-    """One Lite sampler-step artifact per sampler, with its manifest (the U-Net's, plus a `sampler` section)."""
-    import onnx
-
-    from ms_ddpm.export.sampler_step import build_step_model, step_model_io
-    from ms_ddpm.runtime.manifest import Manifest, manifest_path_for
-    from ms_ddpm.runtime.mslite.convert import convert_onnx
-    from ms_ddpm.runtime.schedulers import make_scheduler
-
+def step_artifacts(tiny_checkpoint, tmp_path_factory) -> Dict[str, Path]:
+    """One Lite sampler-step artifact of the tiny checkpoint per sampler, with its manifest."""
     folder = tmp_path_factory.mktemp("steps")
-    unet_path = tiny_exports["onnx"]
-    unet, base = onnx.load(unet_path), Manifest.load(manifest_path_for(unet_path))
-    artifacts = {}
-    for name, steps in SAMPLERS.items():
-        table = make_scheduler(name, base.tables(), steps).table()
-        step = build_step_model(unet, table, name)
-        onnx.save(step, folder / f"{name}.onnx")
-        lite = convert_onnx(folder / f"{name}.onnx", folder / f"{name}.lite.mindir")
-        inputs, outputs = step_model_io(step)
-        manifest = {**json.loads(base.to_json()), "format": "mslite", "artifact": lite.name,
-                    "artifact_sha256": hashlib.sha256(lite.read_bytes()).hexdigest(),
-                    "inputs": [asdict(s) for s in inputs], "outputs": [asdict(s) for s in outputs],
-                    "sampler": {"name": name, "steps": steps, "noise_steps": table.noise_steps,
-                                "history": table.history, "state_shape": [max(table.history, 1), "batch", 1, 8, 8]}}
-        manifest_path_for(lite).write_text(json.dumps(manifest))
-        artifacts[name] = lite
-    return artifacts
+    return {name: export_step_artifact(tiny_checkpoint, folder / f"{name}.sampler.lite.mindir", name, steps)
+            for name, steps in SAMPLERS.items()}
+
+
+@pytest.fixture(scope="module")
+def rgb_artifact(tmp_path_factory) -> Path:
+    """DDIM on an untrained tiny U-Net for 3-channel images."""
+    import mindspore as ms
+
+    from ms_ddpm.train.checkpoint import save_checkpoint
+    from ms_ddpm.train.model import build_unet
+
+    ms.set_seed(1)
+    config = replace(tiny_config(), model=replace(tiny_config().model, channels=3))
+    folder = tmp_path_factory.mktemp("rgb")
+    checkpoint = save_checkpoint(folder / "rgb.ckpt", config, step=0, net=build_unet(config.model))
+    return export_step_artifact(checkpoint, folder / "rgb.sampler.lite.mindir", "ddim", 4)
 
 
 def run_host(host: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
@@ -81,15 +80,20 @@ def run_host(host: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def run_python(model: Path, noise: np.ndarray, work: Path) -> Dict[str, np.ndarray]:
-    """The Python loop (tests/lite_step_loop.py) on the same artifact, in a child process."""
-    np.save(work / "noise.npy", noise)
+def run_python(model: Path, work: Path, *args) -> Dict[str, np.ndarray]:
+    """The Python runtime on the same artifact (tests/lite_step_loop.py ARGS), in a child process."""
     result = subprocess.run([sys.executable, str(Path(__file__).with_name("lite_step_loop.py")), str(model),
-                             str(work / "noise.npy"), str(work / "python.npz")],
+                             str(work / "python.npz"), *map(str, args)],
                             capture_output=True, text=True, timeout=300, env={"GLOG_v": "3", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(work / "python.npz") as data:
         return dict(data)
+
+
+def noise_file(model: Path, work: Path, seed: int) -> Path:
+    """Normal noise for `model` in the host's --noise layout (numpy's generator: not the host's own stream)."""
+    np.save(work / "noise.npy", np.random.default_rng(seed).standard_normal(noise_shape(model), np.float32))
+    return work / "noise.npy"
 
 
 def sampler_section(model: Path) -> dict:
@@ -100,8 +104,8 @@ def noise_shape(model: Path) -> tuple:
     return (1 + sampler_section(model)["noise_steps"], N, 1, 8, 8)
 
 
-def assert_same_images(cpp: np.ndarray, python: np.ndarray) -> None:
-    assert cpp.shape == python.shape == (N, 1, 8, 8)
+def assert_same_images(cpp: np.ndarray, python: np.ndarray, channels: int = 1) -> None:
+    assert cpp.shape == python.shape == (N, channels, 8, 8)
     assert np.abs(cpp - python).max() <= ATOL
     assert np.mean(to_uint8(cpp) == to_uint8(python)) >= UINT8_EQUAL
 
@@ -114,10 +118,10 @@ def grid_pixels(path: Path) -> np.ndarray:
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_same_noise_file_same_images(name, host, step_artifacts, tmp_path):
     model = step_artifacts[name]
-    noise = np.random.default_rng(7).standard_normal(noise_shape(model)).astype(np.float32)
-    python = run_python(model, noise, tmp_path)
-    result = run_host(host, "--model", model, "--noise", tmp_path / "noise.npy", "--out", "grid.png",
-                      "--dump-float", "x.npy", cwd=tmp_path)
+    noise = noise_file(model, tmp_path, 7)
+    python = run_python(model, tmp_path, "--noise", noise)
+    result = run_host(host, "--model", model, "--noise", noise, "--out", "grid.png", "--dump-float", "x.npy",
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     cpp = np.load(tmp_path / "x.npy")
     assert_same_images(cpp, python["x"])
@@ -126,16 +130,16 @@ def test_same_noise_file_same_images(name, host, step_artifacts, tmp_path):
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
-def test_seed_draws_the_portable_noise(name, host, step_artifacts, tmp_path):
-    """--seed: x_T, then z for each noisy step, from ddpm::NoiseStream, as runtime.noise.NoiseStream draws them."""
+def test_seed_gives_the_images_of_the_python_runtime(name, host, step_artifacts, tmp_path):
+    """--seed: x_T, then z for each noisy step, from ddpm::NoiseStream, as Sampler.sample(seed=...) draws them."""
     model = step_artifacts[name]
-    stream = NoiseStream(3)
-    noise = np.stack([stream.draw((N, 1, 8, 8)) for _ in range(noise_shape(model)[0])])
-    python = run_python(model, noise, tmp_path)
+    python = run_python(model, tmp_path, "--seed", 3, "--n", N)
     result = run_host(host, "--model", model, "--seed", 3, "--n", N, "--out", "grid.png", "--dump-float", "x.npy",
                       cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert_same_images(np.load(tmp_path / "x.npy"), python["x"])
+    cpp = np.load(tmp_path / "x.npy")
+    assert_same_images(cpp, python["x"])
+    assert np.mean(to_uint8(cpp) == python["images"]) >= UINT8_EQUAL
 
 
 def test_grid_layout_of_a_count_that_is_not_square(host, step_artifacts, tmp_path):
@@ -146,12 +150,24 @@ def test_grid_layout_of_a_count_that_is_not_square(host, step_artifacts, tmp_pat
     np.testing.assert_array_equal(grid_pixels(tmp_path / "grid.png"), grid_pixels(tmp_path / "python-layout.png"))
 
 
+def test_rgb_images(host, rgb_artifact, tmp_path):
+    python = run_python(rgb_artifact, tmp_path, "--seed", 5, "--n", N)
+    result = run_host(host, "--model", rgb_artifact, "--seed", 5, "--n", N, "--out", "grid.png", "--dump-float", "x.npy",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cpp = np.load(tmp_path / "x.npy")
+    assert_same_images(cpp, python["x"], channels=3)
+    assert np.mean(to_uint8(cpp) == python["images"]) >= UINT8_EQUAL
+    save_grid(tmp_path / "python-layout.png", to_uint8(cpp))
+    assert grid_pixels(tmp_path / "grid.png").shape[-1] == 3
+    np.testing.assert_array_equal(grid_pixels(tmp_path / "grid.png"), grid_pixels(tmp_path / "python-layout.png"))
+
+
 def test_frames_are_the_x0_previews(host, step_artifacts, tmp_path):
     model = step_artifacts["ddpm"]
-    noise = np.random.default_rng(8).standard_normal(noise_shape(model)).astype(np.float32)
-    python = run_python(model, noise, tmp_path)
-    result = run_host(host, "--model", model, "--noise", tmp_path / "noise.npy", "--out", "grid.png",
-                      "--frames", "frames", cwd=tmp_path)
+    noise = noise_file(model, tmp_path, 8)
+    python = run_python(model, tmp_path, "--noise", noise, "--x0")
+    result = run_host(host, "--model", model, "--noise", noise, "--out", "grid.png", "--frames", "frames", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     frames = sorted((tmp_path / "frames").iterdir())
     assert [f.name for f in frames] == [f"x0_{i:03d}.png" for i in range(SAMPLERS["ddpm"])]
