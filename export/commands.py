@@ -37,7 +37,7 @@ def export(
     batch: str = typer.Option("dynamic", help="'dynamic' (any batch size) or a fixed batch size N, recorded in the manifest."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's, 11; others via onnx.version_converter)."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="onnx, mslite: rewrite the graph for speed "
-                                  "(opset 20, fused LayerNormalization and Gelu; checked against the plain graph). "
+                                  "(opset 20, fused LayerNormalization; Gelu for onnx; checked against the plain graph). "
                                   "--no-optimize keeps the exporter's graph."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the numeric gate (default). --no-verify marks the "
                                                                    "manifest as unverified."),

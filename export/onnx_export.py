@@ -15,7 +15,7 @@ fused normalisations and GELUs) and proves on onnxruntime that it still computes
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Optional
 
 import onnx
 import onnxruntime as ort
@@ -35,9 +35,9 @@ TRACE_BATCH = 2  # a dynamic export is traced at batch 2, so that no size-1 batc
 
 
 def export(net, model: ModelConfig, path: Path, batch: Optional[int], opset: Optional[int],
-           optimize: bool = True) -> Exported:
+           optimize: bool = True, skip: Collection[str] = ()) -> Exported:
     """Export `net` (a MindSpore cell) to `path`, repaired, converted to `opset` if given, fully checked, and
-    optimised (`optimize`)."""
+    optimised (`optimize`, without the rewrites named in `skip`)."""
     import mindspore as ms  # the export step only
 
     from .source import example_inputs
@@ -56,7 +56,7 @@ def export(net, model: ModelConfig, path: Path, batch: Optional[int], opset: Opt
         raise VerificationFailed(f"the exported ONNX fails onnx.checker (full check): {first_line(exc)}") from None
     notes: Dict[str, Any] = {"exporter": f"mindspore {ms.__version__} onnx.export, repaired", "optimize": False}
     if optimize:
-        graph, report = optimize_unet(graph)
+        graph, report = optimize_unet(graph, skip=skip)
         notes["optimize"] = report.to_dict()
     onnx.save(graph, str(path))
     return Exported(opset=default_opset(graph), notes=notes)

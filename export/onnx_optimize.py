@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -57,11 +57,16 @@ class OptimizeReport:
                 "agreement": dict(self.agreement)}
 
 
-def optimize_unet(model: onnx.ModelProto, thresholds: Thresholds = Thresholds()) -> Tuple[onnx.ModelProto, OptimizeReport]:
+def optimize_unet(model: onnx.ModelProto, thresholds: Thresholds = Thresholds(),
+                  skip: Collection[str] = ()) -> Tuple[onnx.ModelProto, OptimizeReport]:
     """An optimised copy of `model` (any U-Net-like graph) and a report; VerificationFailed when the
-    optimised graph does not compute what `model` computes on onnxruntime."""
+    optimised graph does not compute what `model` computes on onnxruntime. `skip` names rewrites of
+    REWRITES to leave out."""
+    unknown = set(skip) - {name for name, _ in REWRITES}
+    if unknown:
+        raise ToolkitError(f"unknown rewrites {sorted(unknown)}; the pass has {', '.join(name for name, _ in REWRITES)}")
     optimized = convert_opset(model, max(default_opset(model), TARGET_OPSET))
-    rewrites = {name: rewrite(optimized) for name, rewrite in REWRITES}
+    rewrites = {name: rewrite(optimized) for name, rewrite in REWRITES if name not in skip}
     _drop_unused(optimized.graph)
     try:
         onnx.checker.check_model(optimized, full_check=True)

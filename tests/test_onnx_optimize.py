@@ -15,6 +15,8 @@ from ms_ddpm.export import onnx_optimize
 from ms_ddpm.export.onnx_optimize import TARGET_OPSET, optimize_unet
 from ms_ddpm.runtime.errors import ToolkitError, VerificationFailed
 
+from conftest import LITE_PLATFORM
+
 C, H, W = 4, 3, 3
 RNG = np.random.default_rng(0)
 GAMMA = RNG.standard_normal((C,)).astype(np.float32)
@@ -134,6 +136,14 @@ def test_a_wrong_rewrite_is_refused_by_the_agreement_check(monkeypatch):
     assert np.max(np.abs(run(broken, x) - run(model, x))) > 1e-2
 
 
+def test_rewrites_can_be_left_out():
+    optimized, report = optimize_unet(toy_model(), skip={"gelus"})
+    assert "gelus" not in report.rewrites and op_counts(optimized)["LayerNormalization"] == 1
+    assert "Gelu" not in op_counts(optimized) and op_counts(optimized)["Tanh"] == 1
+    with pytest.raises(ToolkitError, match="unknown rewrites \\['gelu'\\]"):
+        optimize_unet(toy_model(), skip={"gelu"})
+
+
 def test_the_pass_is_idempotent_on_its_own_output():
     once, _ = optimize_unet(toy_model())
     twice, report = optimize_unet(once)
@@ -162,6 +172,18 @@ def test_optimised_export_passes_the_gate_and_records_the_pass(tiny_checkpoint, 
     assert counts["LayerNormalization"] == recorded["rewrites"]["layer_norms"] > 0
     assert counts["Gelu"] == recorded["rewrites"]["gelus"] > 0
     assert "Pow" not in counts and "Identity" not in counts and "Constant" not in counts
+
+
+@pytest.mark.skipif(not LITE_PLATFORM, reason="MindSpore Lite's only wheel is x86_64 Linux")
+def test_lite_converts_the_optimised_graph_without_the_gelu_rewrite(tiny_checkpoint, tmp_path):
+    from ms_ddpm.export.pipeline import ExportRequest, export_checkpoint
+    from ms_ddpm.runtime.manifest import Manifest, manifest_path_for
+
+    out = export_checkpoint(tiny_checkpoint, ExportRequest(format="mslite", out=tmp_path / "unet.lite.mindir"),
+                            log=lambda _: None)
+    manifest = Manifest.load(manifest_path_for(out))
+    assert manifest.verification["passed"] and manifest.opset == TARGET_OPSET
+    assert manifest.extra["optimize"]["rewrites"]["layer_norms"] > 0 and "gelus" not in manifest.extra["optimize"]["rewrites"]
 
 
 def test_no_optimize_keeps_the_exporters_graph(tiny_checkpoint, tmp_path):
