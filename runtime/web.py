@@ -12,7 +12,6 @@ Every response carries the cross-origin isolation headers (COOP/COEP) that wasm 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import shutil
 import socket
@@ -60,36 +59,25 @@ def web(
 
 
 def routes(artifact: Path) -> Routes:
-    """The server's whole file table; refuses an artifact that is not a sampler-step ONNX with its manifest,
-    and a checkout where onnxruntime-web is not installed."""
-    manifest = manifest_path_for(artifact)
-    _check_sampler_artifact(Path(artifact), manifest)
+    """The server's whole file table; refuses an artifact that is not an ONNX sampler-step model matching its
+    manifest, and a checkout where onnxruntime-web is not installed."""
+    from .pipeline import load_artifact  # numpy and the backends: only when the command runs
+
+    artifact, manifest = load_artifact(artifact)
+    if manifest.sampler is None:
+        raise ToolkitError(f"{artifact} is not a sampler artifact (a plain U-Net: its manifest has no sampler section); "
+                           "export one with `cli.py export --format onnx --sampler NAME`")
+    if manifest.format != "onnx":
+        raise ToolkitError(f"{artifact}: the page runs ONNX sampler-step artifacts, not {manifest.format}")
     missing = [name for name in ORT_FILES if not (ORT_DIST / name).is_file()]
     if missing:
         raise ToolkitError(f"onnxruntime-web is not installed ({ORT_DIST / missing[0]} is missing): run `make web`, "
                            f"or `npm ci` in {PAGE}")
-    table = {"/": (PAGE / "index.html", CONTENT_TYPES[".html"]),
-             "/model.onnx": (Path(artifact), CONTENT_TYPES[".onnx"]), "/model.json": (manifest, CONTENT_TYPES[".json"])}
+    table = {"/": (PAGE / "index.html", CONTENT_TYPES[".html"]), "/model.onnx": (artifact, CONTENT_TYPES[".onnx"]),
+             "/model.json": (manifest_path_for(artifact), CONTENT_TYPES[".json"])}
     table.update({f"/{name}": (PAGE / name, CONTENT_TYPES[".mjs"]) for name in PAGE_FILES})
     table.update({f"/ort/{name}": (ORT_DIST / name, CONTENT_TYPES[Path(name).suffix]) for name in ORT_FILES})
     return table
-
-
-def _check_sampler_artifact(artifact: Path, manifest: Path) -> None:
-    """A readable .onnx file whose manifest is a JSON object with a `sampler` section."""
-    if not artifact.is_file():
-        raise ToolkitError(f"{artifact} is not a file" if artifact.exists() else f"artifact not found: {artifact}")
-    if artifact.suffix != ".onnx":
-        raise ToolkitError(f"{artifact}: the page runs ONNX sampler-step artifacts (*.sampler.onnx), not {artifact.suffix or 'this file'}")
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ToolkitError(f"manifest not found: {manifest} (written by cli.py export beside the artifact)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ToolkitError(f"cannot read manifest {manifest}: {first_line(exc)}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("sampler"), dict):
-        raise ToolkitError(f"{artifact} is not a sampler artifact (its manifest has no sampler section): export one "
-                           "with `cli.py export --format onnx --sampler NAME`")
 
 
 def make_server(table: Routes, host: str, port: int) -> ThreadingHTTPServer:

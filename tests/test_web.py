@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from ms_ddpm.runtime.images import _pil, make_grid, to_uint8
-from ms_ddpm.runtime.manifest import Manifest, manifest_path_for
+from ms_ddpm.runtime.manifest import manifest_path_for
 from ms_ddpm.runtime.noise import NoiseStream, normals
 from ms_ddpm.runtime.web import ORT_DIST, PAGE, PAGE_FILES
 
@@ -38,34 +38,17 @@ browser = pytest.mark.skipif(bool(MISSING_TOOLS), reason=f"{', '.join(MISSING_TO
 
 
 # ---- artifacts ---------------------------------------------------------------------------------------
-def write_step_artifact(unet: Path, out: Path, scheduler: str, steps: int) -> Path:
-    """A sampler-step artifact of the tiny U-Net and its manifest (the U-Net's, with a sampler section)."""
-    import hashlib
-
-    import onnx
-
-    from ms_ddpm.export.sampler_step import build_step_model, step_model_io
-    from ms_ddpm.runtime.schedulers import make_scheduler
-
-    manifest = Manifest.load(manifest_path_for(unet))
-    table = make_scheduler(scheduler, manifest.tables(), steps).table()
-    model = build_step_model(onnx.load(str(unet)), table, scheduler)
-    onnx.save(model, str(out))
-    inputs, outputs = step_model_io(model)
-    data = json.loads(manifest.to_json())
-    data.update(artifact=out.name, artifact_sha256=hashlib.sha256(out.read_bytes()).hexdigest(),
-                inputs=[vars(spec) for spec in inputs], outputs=[vars(spec) for spec in outputs],
-                sampler={"name": scheduler, "steps": steps, "noise_steps": table.noise_steps, "history": table.history,
-                         "state_shape": inputs[3].shape, "timesteps": table.timesteps.tolist()})
-    manifest_path_for(out).write_text(json.dumps(data, indent=2))
-    return out
-
-
 @pytest.fixture(scope="module")
-def artifacts(tiny_exports, tmp_path_factory) -> dict:
+def artifacts(tiny_checkpoint, tmp_path_factory) -> dict:
+    """Sampler-step artifacts of the tiny U-Net, as `cli.py export --sampler` writes them (gate included)."""
     folder = tmp_path_factory.mktemp("web")
-    return {name: write_step_artifact(tiny_exports["onnx"], folder / f"{name}.sampler.onnx", name, 10)
-            for name in ("dpmpp", "ddpm")}
+    paths = {}
+    for name in ("dpmpp", "ddpm"):
+        paths[name] = folder / f"{name}.sampler.onnx"
+        result = run_cli("export", "--checkpoint", tiny_checkpoint, "--format", "onnx", "--sampler", name, "--steps", "10",
+                         "--out", paths[name])
+        assert result.returncode == 0, result.stderr[-2000:]
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -261,13 +244,17 @@ def test_cli_refuses_a_plain_unet(tiny_exports):
     assert_clean_error(run_cli("web", "--artifact", tiny_exports["onnx"], "--port", "0"), "not a sampler artifact")
 
 
-def test_cli_refuses_a_missing_artifact_or_manifest(artifacts, tmp_path):
+def test_cli_refuses_missing_or_mismatched_files(artifacts, tmp_path):
     assert_clean_error(run_cli("web", "--artifact", tmp_path / "absent.sampler.onnx"), "artifact not found")
     lonely = tmp_path / "lonely.sampler.onnx"
     shutil.copy(artifacts["dpmpp"], lonely)
     assert_clean_error(run_cli("web", "--artifact", lonely), "manifest not found")
     manifest_path_for(lonely).write_text("{not json")
-    assert_clean_error(run_cli("web", "--artifact", lonely), "cannot read manifest")
+    assert_clean_error(run_cli("web", "--artifact", lonely), "is not valid JSON")
+    shutil.copy(manifest_path_for(artifacts["dpmpp"]), manifest_path_for(lonely))
+    with open(lonely, "ab") as handle:
+        handle.write(b"\0")
+    assert_clean_error(run_cli("web", "--artifact", lonely), "does not match its manifest")
 
 
 def test_cli_refuses_a_port_in_use(artifacts):
