@@ -74,7 +74,7 @@ def optimize_unet(model: onnx.ModelProto, thresholds: Thresholds = Thresholds(),
         raise VerificationFailed(f"the optimised ONNX fails onnx.checker: {first_line(exc)}") from None
     report = OptimizeReport(opset=(default_opset(model), default_opset(optimized)),
                             nodes=(len(model.graph.node), len(optimized.graph.node)),
-                            rewrites={name: count for name, count in rewrites.items()})
+                            rewrites=rewrites)
     report.agreement = check_agreement(model, optimized, thresholds)
     return optimized, report
 
@@ -98,7 +98,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 def check_agreement(plain: onnx.ModelProto, optimized: onnx.ModelProto, thresholds: Thresholds) -> Dict[str, float]:
     """Run both graphs on onnxruntime on the same random inputs; the worst max abs and cosine, or
     VerificationFailed when a case misses `thresholds`."""
-    plain_run, optimized_run = _session(plain), _session(optimized)
+    plain_run, optimized_run = _session(plain, "exported"), _session(optimized, "optimised")
     worst = {"max_abs": 0.0, "cosine": 1.0}
     for feed in check_inputs(plain.graph):
         for reference, candidate in zip(plain_run(feed), optimized_run(feed)):
@@ -128,7 +128,7 @@ def _random_input(rng: np.random.Generator, value: onnx.ValueInfoProto, batch: i
     return rng.standard_normal(shape).astype(dtype)
 
 
-def _session(model: onnx.ModelProto) -> Callable[[Dict[str, np.ndarray]], List[np.ndarray]]:
+def _session(model: onnx.ModelProto, label: str) -> Callable[[Dict[str, np.ndarray]], List[np.ndarray]]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -136,7 +136,7 @@ def _session(model: onnx.ModelProto) -> Callable[[Dict[str, np.ndarray]], List[n
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types
-        raise VerificationFailed(f"onnxruntime cannot load the optimised ONNX graph: {first_line(exc)}") from None
+        raise VerificationFailed(f"onnxruntime cannot load the {label} ONNX graph: {first_line(exc)}") from None
     return lambda feed: session.run(None, feed)
 
 
@@ -245,10 +245,17 @@ def _apply(graph: onnx.GraphProto, rewrites: Sequence[_Rewrite]) -> None:
             nodes.append(node)
     renames = {old: new for rewrite in rewrites for old, new in rewrite.renames.items()}
     for node in nodes:
-        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.input[:] = [_renamed(name, renames) for name in node.input]
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(tensor for rewrite in rewrites for tensor in rewrite.initializers)
+
+
+def _renamed(name: str, renames: Dict[str, str]) -> str:
+    """`name` after `renames`, followed through chains (Identity of an Identity)."""
+    while name in renames:
+        name = renames[name]
+    return name
 
 
 # ---- constants ----
@@ -475,11 +482,9 @@ def _attribute(node: onnx.NodeProto, name: str) -> Any:
     return helper.get_attribute_value(found[0]) if found else None
 
 
-_counter = iter(range(1, 1 << 62))
-
-
-def _node(op_type: str, inputs: Iterable[str], outputs: Iterable[str], **attributes: Any) -> onnx.NodeProto:
-    return helper.make_node(op_type, list(inputs), list(outputs), name=f"{PREFIX}{op_type}_{next(_counter)}", **attributes)
+def _node(op_type: str, inputs: Iterable[str], outputs: Sequence[str], **attributes: Any) -> onnx.NodeProto:
+    """A node the pass creates, named after its first output."""
+    return helper.make_node(op_type, list(inputs), list(outputs), name=f"{PREFIX}{outputs[0]}", **attributes)
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:

@@ -144,6 +144,31 @@ def test_rewrites_can_be_left_out():
         optimize_unet(toy_model(), skip={"gelu"})
 
 
+def test_chained_identities_are_bypassed():
+    model = toy_model()
+    graph = model.graph
+    first = next(index for index, node in enumerate(graph.node) if node.op_type == "Mul")
+    graph.node[first].output[0] = "h0"
+    graph.node.insert(first + 1, helper.make_node("Identity", ["h0"], ["h1"]))
+    graph.node.insert(first + 2, helper.make_node("Identity", ["h1"], ["h"]))
+    optimized, report = optimize_unet(model)
+    assert report.rewrites["identities_bypassed"] == 2 and "Identity" not in op_counts(optimized)
+    x = RNG.standard_normal((2, C, H, W)).astype(np.float32)
+    np.testing.assert_allclose(run(optimized, x), reference(x), atol=1e-5)
+
+
+def test_a_reshape_of_a_reshape_becomes_one():
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"]), helper.make_node("Reshape", ["f", "back"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(shape, np.int64), name)
+             for name, shape in (("flat", [-1, C * H * W]), ("back", [-1, C * H, W]))]
+    graph = helper.make_graph(nodes, "reshapes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", C, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", C * H, W])], inits)
+    optimized, report = optimize_unet(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]))
+    assert report.rewrites["reshapes_merged"] == 1 and [n.input[0] for n in optimized.graph.node] == ["x"]
+    x = RNG.standard_normal((2, C, H, W)).astype(np.float32)
+    np.testing.assert_array_equal(run(optimized, x), x.reshape(2, C * H, W))
+
+
 def test_the_pass_is_idempotent_on_its_own_output():
     once, _ = optimize_unet(toy_model())
     twice, report = optimize_unet(once)
