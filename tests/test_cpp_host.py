@@ -41,10 +41,10 @@ def host() -> Path:
     return HOST_DIR / "build" / "ddpm-sample"
 
 
-def export_step_artifact(checkpoint: Path, out: Path, name: str, steps: int) -> Path:
+def export_step_artifact(checkpoint: Path, out: Path, name: str, steps: int, *options) -> Path:
     """`cli.py export --format mslite --sampler NAME --steps S`, unverified (the export gate has its own tests)."""
     result = run_cli("export", "--checkpoint", checkpoint, "--format", "mslite", "--sampler", name, "--steps", steps,
-                     "--no-verify", "--out", out)
+                     "--no-verify", "--out", out, *options)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -161,6 +161,18 @@ def test_rgb_images(host, rgb_artifact, tmp_path):
     save_grid(tmp_path / "python-layout.png", to_uint8(cpp))
     assert grid_pixels(tmp_path / "grid.png").shape[-1] == 3
     np.testing.assert_array_equal(grid_pixels(tmp_path / "grid.png"), grid_pixels(tmp_path / "python-layout.png"))
+
+
+def test_fixed_batch_artifact_runs_in_chunks(host, tiny_checkpoint, tmp_path):
+    """A fixed-batch artifact (batch 4) takes 10 images in three calls a step, the last padded, as in Python."""
+    model = export_step_artifact(tiny_checkpoint, tmp_path / "fixed.sampler.lite.mindir", "ddpm", 4, "--batch", 4)
+    python = run_python(model, tmp_path, "--seed", 2, "--n", 10)
+    result = run_host(host, "--model", model, "--seed", 2, "--n", 10, "--out", "grid.png", "--dump-float", "x.npy",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cpp = np.load(tmp_path / "x.npy")
+    assert cpp.shape == python["x"].shape == (10, 1, 8, 8)
+    assert np.abs(cpp - python["x"]).max() <= ATOL
 
 
 def test_frames_are_the_x0_previews(host, step_artifacts, tmp_path):

@@ -129,17 +129,47 @@ std::string describe(const ms::Status& status) {
     return text.empty() ? "status code " + std::to_string(static_cast<int>(status.StatusCode())) : text;
 }
 
-// The step model on Lite: inputs x, i, z, state; outputs x_next, x0, state_next (found by name).
+// The step model on Lite: inputs x, i, z, state; outputs x_next, x0, state_next (found by name). Tensors hold
+// (slots, batch, C, H, W) values (slots: the state's K, 1 for the others). A dynamic artifact is resized to all
+// n images; a fixed one runs its batch at a time, the last call padded with zeros (as the Python runtime does).
 class StepModel {
 public:
-    StepModel(const std::vector<unsigned char>& bytes, int threads) {
+    StepModel(const std::vector<unsigned char>& bytes, int threads, const Manifest& manifest, int64_t n)
+        : n_(n), batch_(manifest.fixed_batch ? manifest.fixed_batch : n),
+          image_(size_t(manifest.channels) * manifest.size * manifest.size) {
         auto context = std::make_shared<ms::Context>();
         if (threads > 0) context->SetThreadNum(threads);
         context->MutableDeviceInfo().push_back(std::make_shared<ms::CPUDeviceInfo>());
         const ms::Status status = model_.Build(bytes.data(), bytes.size(), ms::ModelType::kMindIR, context);
         if (!status.IsOk()) throw Failure("MindSpore Lite cannot load the model: " + describe(status));
+        if (!manifest.fixed_batch) resize({n, manifest.channels, manifest.size, manifest.size}, manifest.slots);
     }
 
+    // One step over all n images: x and state become x_next and state_next; x0 gets the step's x0 prediction.
+    void step(std::vector<float>& x, int index, const std::vector<float>& z, std::vector<float>& state,
+              std::vector<float>& x0) {
+        for (int64_t first = 0; first < n_; first += batch_) {
+            const int64_t count = std::min(batch_, n_ - first);
+            std::vector<ms::MSTensor> inputs = model_.GetInputs();
+            for (ms::MSTensor& tensor : inputs) {
+                const std::string name = tensor.Name();
+                if (name == "i") set_index(tensor, index);
+                else if (name == "x") put(tensor, x, first, count);
+                else if (name == "z") put(tensor, z, first, count);
+                else if (name == "state") put(tensor, state, first, count);
+                else throw Failure("the model has an unexpected input '" + name + "': not a sampler-step artifact");
+            }
+            std::vector<ms::MSTensor> outputs;
+            const ms::Status status = model_.Predict(inputs, &outputs);
+            if (!status.IsOk())
+                throw Failure("MindSpore Lite inference failed at step " + std::to_string(index) + ": " + describe(status));
+            take(output(outputs, "x_next"), x, first, count);
+            take(output(outputs, "x0"), x0, first, count);
+            take(output(outputs, "state_next"), state, first, count);
+        }
+    }
+
+private:
     void resize(const std::vector<int64_t>& image, int slots) {
         std::vector<int64_t> state{slots};
         state.insert(state.end(), image.begin(), image.end());
@@ -153,28 +183,6 @@ public:
         if (!status.IsOk()) throw Failure("MindSpore Lite cannot resize the model: " + describe(status));
     }
 
-    // One step: x and state are replaced by x_next and state_next; x0 receives the step's x0 prediction.
-    void step(std::vector<float>& x, int index, const std::vector<float>& z, std::vector<float>& state,
-              std::vector<float>& x0) {
-        std::vector<ms::MSTensor> inputs = model_.GetInputs();
-        for (ms::MSTensor& tensor : inputs) {
-            const std::string name = tensor.Name();
-            if (name == "i") set_index(tensor, index);
-            else if (name == "x") fill(tensor, x);
-            else if (name == "z") fill(tensor, z);
-            else if (name == "state") fill(tensor, state);
-            else throw Failure("the model has an unexpected input '" + name + "': not a sampler-step artifact");
-        }
-        std::vector<ms::MSTensor> outputs;
-        const ms::Status status = model_.Predict(inputs, &outputs);
-        if (!status.IsOk()) throw Failure("MindSpore Lite inference failed at step " + std::to_string(index) + ": " +
-                                          describe(status));
-        read(outputs, "x_next", x);
-        read(outputs, "x0", x0);
-        read(outputs, "state_next", state);
-    }
-
-private:
     static void set_index(ms::MSTensor& tensor, int index) {
         if (tensor.DataType() == ms::DataType::kNumberTypeInt32 && tensor.DataSize() == sizeof(int32_t)) {
             const int32_t value = index;
@@ -187,25 +195,46 @@ private:
         }
     }
 
-    static void fill(ms::MSTensor& tensor, const std::vector<float>& values) {
-        if (tensor.DataType() != ms::DataType::kNumberTypeFloat32 || tensor.DataSize() != values.size() * sizeof(float))
-            throw Failure("the model's input '" + tensor.Name() + "' does not have the manifest's shape (float32, " +
-                          std::to_string(values.size()) + " values)");
-        std::memcpy(tensor.MutableData(), values.data(), values.size() * sizeof(float));
-    }
-
-    static void read(std::vector<ms::MSTensor>& outputs, const std::string& name, std::vector<float>& values) {
-        for (ms::MSTensor& tensor : outputs) {
-            if (tensor.Name() != name) continue;
-            if (tensor.DataType() != ms::DataType::kNumberTypeFloat32 || tensor.DataSize() != values.size() * sizeof(float))
-                throw Failure("the model's output '" + name + "' does not have the manifest's shape");
-            std::memcpy(values.data(), tensor.MutableData(), values.size() * sizeof(float));
-            return;
-        }
+    static ms::MSTensor& output(std::vector<ms::MSTensor>& outputs, const std::string& name) {
+        for (ms::MSTensor& tensor : outputs)
+            if (tensor.Name() == name) return tensor;
         throw Failure("the model has no output '" + name + "': not a sampler-step artifact");
     }
 
+    // The tensor's data, if it holds the float32 (slots, batch, C, H, W) of `all`'s (slots, n, C, H, W).
+    float* data(ms::MSTensor& tensor, const std::vector<float>& all) const {
+        const size_t values = all.size() / n_ * batch_;
+        if (tensor.DataType() != ms::DataType::kNumberTypeFloat32 || tensor.DataSize() != values * sizeof(float))
+            throw Failure("the model's tensor '" + tensor.Name() + "' does not have the manifest's shape (float32, " +
+                          std::to_string(values) + " values)");
+        return static_cast<float*>(tensor.MutableData());
+    }
+
+    // Calls copy(offset in all, offset in the tensor, values) for images first .. first+count-1 of each slot.
+    template <typename Copy>
+    void each_slot(const std::vector<float>& all, int64_t first, int64_t count, Copy copy) const {
+        for (size_t k = 0; k < all.size() / (n_ * image_); ++k)
+            copy((k * n_ + first) * image_, k * batch_ * image_, count * image_);
+    }
+
+    void put(ms::MSTensor& tensor, const std::vector<float>& all, int64_t first, int64_t count) const {
+        float* target = data(tensor, all);
+        std::fill_n(target, all.size() / n_ * batch_, 0.0f);
+        each_slot(all, first, count, [&](size_t from, size_t to, size_t values) {
+            std::copy_n(all.data() + from, values, target + to);
+        });
+    }
+
+    void take(ms::MSTensor& tensor, std::vector<float>& all, int64_t first, int64_t count) const {
+        const float* source = data(tensor, all);
+        each_slot(all, first, count, [&](size_t from, size_t to, size_t values) {
+            std::copy_n(source + to, values, all.data() + from);
+        });
+    }
+
     ms::Model model_;
+    const int64_t n_, batch_;
+    const size_t image_;
 };
 
 // x_T and each noisy step's z: from the seed's stream, or from a .npy.
@@ -251,8 +280,6 @@ int run(const Options& options) {
     int64_t n = options.n;
     Noise noise(options, manifest, n);
     if (n < 0) n = kDefaultImages;
-    if (manifest.fixed_batch && n != manifest.fixed_batch)
-        throw Failure("this artifact takes exactly " + std::to_string(manifest.fixed_batch) + " images, not " + std::to_string(n));
     ddpm::check_writable(options.out);
     if (!options.dump_float.empty()) ddpm::check_writable(options.dump_float);
     if (!options.frames.empty()) {
@@ -262,8 +289,7 @@ int run(const Options& options) {
     }
 
     const int c = manifest.channels, h = manifest.size, w = manifest.size;
-    StepModel model(bytes, options.threads);
-    if (!manifest.fixed_batch) model.resize({n, c, h, w}, manifest.slots);
+    StepModel model(bytes, options.threads, manifest, n);
     const double load_s = seconds_since(started);
 
     const size_t count = size_t(n) * c * h * w;
