@@ -97,7 +97,7 @@ Options parse_args(int argc, char** argv) {
 struct Manifest {
     std::string sha256, sampler;
     int channels = 0, size = 0, steps = 0, noise_steps = 0, slots = 0;
-    long long fixed_batch = 0;  // 0: any batch
+    int64_t fixed_batch = 0;  // 0: any batch
 };
 
 Manifest read_manifest(const std::string& path) {
@@ -114,7 +114,7 @@ Manifest read_manifest(const std::string& path) {
         manifest.steps = sampler.at("steps").get<int>();
         manifest.noise_steps = sampler.at("noise_steps").get<int>();
         manifest.slots = sampler.at("state_shape").at(0).get<int>();
-        if (data.at("batch").at("policy") == "fixed") manifest.fixed_batch = data["batch"].at("size").get<long long>();
+        if (data.at("batch").at("policy") == "fixed") manifest.fixed_batch = data["batch"].at("size").get<int64_t>();
         if (manifest.channels < 1 || manifest.size < 1 || manifest.steps < 1 || manifest.slots < 1 ||
             manifest.noise_steps < 0 || manifest.noise_steps > manifest.steps)
             throw Failure("manifest " + path + ": inconsistent sizes (channels, image_size, steps, noise_steps, state_shape)");
