@@ -11,6 +11,7 @@ Every response carries the cross-origin isolation headers (COOP/COEP) that wasm 
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import shutil
@@ -90,7 +91,7 @@ def make_server(table: Routes, host: str, port: int) -> ThreadingHTTPServer:
     try:
         return server_class((host, port), partial(_Handler, table))
     except OSError as exc:
-        if exc.errno == 98:  # EADDRINUSE
+        if exc.errno == errno.EADDRINUSE:
             raise ToolkitError(f"port {port} on {host} is in use: choose another with --port (0: any free port)") from None
         raise ToolkitError(f"cannot listen on {host}:{port}: {exc.strerror or first_line(exc)}") from None
 
