@@ -21,9 +21,11 @@ mslite: setup
 
 # The C++ host runtime/hosts/cpp/build/ddpm-sample on the Lite wheel's C++ API (after mslite, which fetches the wheel).
 # Its JSON reader and PNG writer come from Debian: installed with apt-get (as root) where missing.
+HOST_PACKAGES := nlohmann-json3-dev libpng-dev
 .PHONY: hosts
 hosts: mslite
-	dpkg -s nlohmann-json3-dev libpng-dev >/dev/null 2>&1 || (apt-get update && apt-get install -y nlohmann-json3-dev libpng-dev)
+	@dpkg -s $(HOST_PACKAGES) >/dev/null 2>&1 || [ "$$(id -u)" = 0 ] || { echo "error: make hosts needs Debian's $(HOST_PACKAGES): apt-get install $(HOST_PACKAGES), as root" >&2; exit 2; }
+	dpkg -s $(HOST_PACKAGES) >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(HOST_PACKAGES))
 	$(MAKE) -C runtime/hosts/cpp LITE="$$($(PY) -c 'from ms_ddpm.runtime.mslite.build import lite_root; print(lite_root())')"
 test demo: hosts
 
