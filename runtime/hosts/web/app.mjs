@@ -70,7 +70,8 @@ function describe(manifest, spec, bytes, backend) {
     "Schedule": `${manifest.config?.diffusion?.schedule}, T = ${manifest.betas?.length}`,
     "Sampler": [`${spec.name}, ${spec.steps} steps`, ...options].join(", "),
     "Batch": spec.fixedBatch === null ? "any number of images" : `fixed at ${spec.fixedBatch} images`,
-    "Numeric gate": gate.skipped ? "not verified (exported with --no-verify)" : gate.passed ? "passed" : "unknown",
+    "Numeric gate": gate.skipped ? "not verified (exported with --no-verify)"
+      : gate.passed ? `passed (worst max abs ${Number(gate.worst_max_abs).toExponential(1)})` : "unknown",
     "Runs on": backend,
   };
 }
