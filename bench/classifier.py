@@ -1,13 +1,8 @@
-"""The quality metric's feature extractor: a small CNN classifier trained with MindSpore on the same
-dataset as the diffusion model, exported to ONNX with two outputs (logits, penultimate features), so
-that the metric itself runs in the runtime's environment (onnxruntime, no MindSpore).
+"""The quality metric's feature extractor: a small CNN (conv3x3 32 -> conv3x3/2 64 -> conv3x3/2 128 ->
+dense 128 = features -> dense classes = logits, ReLU between) trained with MindSpore on the model's own
+data and exported to ONNX with outputs `logits` and `features`, so the metric runs on onnxruntime.
 
     python -m ms_ddpm.bench.classifier OUT.onnx [--data digits] [--image-size 8] [--steps 800] [--hflip]
-
-Writes OUT.onnx and OUT.onnx.json (test accuracy, data, split, settings); prints one JSON line.
-Architecture: conv3x3(32) -> ReLU -> conv3x3/2(64) -> ReLU -> conv3x3/2(128) -> ReLU -> flatten ->
-dense(128) -> ReLU = features -> dense(classes) = logits. Only Conv, Relu, Reshape (batch -1) and
-Gemm/MatMul in the graph, which MindSpore's ONNX exporter writes.
 """
 from __future__ import annotations
 

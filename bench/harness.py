@@ -56,19 +56,19 @@ def scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
     try:
         yield work
     finally:
-        with contextlib.suppress(OSError):
-            created and work.rmdir()  # fails unless empty
+        if created:
+            with contextlib.suppress(OSError):
+                work.rmdir()  # only when left empty
 
 
 def onnx_session(model: Any, threads: Optional[int] = None):
-    """An onnxruntime CPU session for a model that is not a U-Net artifact (the peak MatMul, the classifier)."""
+    """An onnxruntime CPU session, with the runtime's options, on a model that is not a U-Net artifact
+    (the peak MatMul, the quality classifier)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    from ..runtime.ort_session import session_options
+
+    return ort.InferenceSession(model, session_options(ort, threads), providers=["CPUExecutionProvider"])
 
 
 class Worker:

@@ -135,6 +135,9 @@ class Bench:
         self.unet_labels = [label for label in rows if label in self.workers and label != PEAK]
         self.result["open_s"] = {label: self.workers[label].ready["open_s"] for label in self.unet_labels}
 
+    def _of_kind(self, kind: str) -> List[str]:
+        return [label for label in self.unet_labels if self.rows[label][0]["kind"] == kind]
+
     def _alive(self, labels: List[str]) -> Dict[str, Worker]:
         return {label: self.workers[label] for label in labels if label in self.workers and self.workers[label].alive}
 
@@ -183,8 +186,7 @@ class Bench:
                              "extrapolated": False, **runtime[1].ask("sample", n=n, scheduler=name, steps=steps)})
             except WorkerFailed as exc:
                 self.errors[f"end to end {name}-{steps}"] = str(exc)
-        reference = next(iter(self._alive([label for label in self.unet_labels if label.startswith("mindspore")])
-                              .items()), None)
+        reference = next(iter(self._alive(self._of_kind("mindspore")).items()), None)
         if reference:
             probe = 3 if self.s.quick else 6
             self.log(f"end to end: MindSpore reference DDPM ({probe} of {timesteps} steps, extrapolated) ...")
@@ -201,7 +203,7 @@ class Bench:
         self.result["end_to_end"] = {"images": n, "runs": runs}
 
     def _training(self) -> None:
-        workers = self._alive([label for label in self.unet_labels if label.startswith("mindspore")])
+        workers = self._alive(self._of_kind("mindspore"))
         if not workers:
             return
         self.log(f"MindSpore train step at batch {TRAIN_BATCH} ({', '.join(workers)}; in turn) ...")

@@ -129,15 +129,13 @@ def render_quality(result: Dict[str, Any], picture: str) -> str:
              f"Model: `{result['checkpoint']}` ({result['config']['model']}, T={result['T']}, "
              f"{result['config']['train']['steps']} steps), sampled on onnxruntime from its ONNX export (numeric gate "
              "passed).\n",
-             f"Feature extractor: a CNN classifier trained with MindSpore on `{info.get('data')}` "
-             f"({info.get('train_images')} training / {info.get('test_images')} test images, {info.get('steps')} steps"
-             f"{', random mirroring' if info.get('hflip') else ''}), exported to ONNX: **test accuracy "
-             f"{100 * info.get('test_accuracy', float('nan')):.1f}%** ({100 * info.get('test_accuracy_mirrored', float('nan')):.1f}% "
-             f"on mirrored test images). FD: Fréchet distance between the {info.get('features')}-d penultimate features "
-             f"of {result['n']} samples and of the {result['reference_images']} reference images; score: "
-             "exp(E KL(p(y|x) || p(y))) (10 at best); histogram: share of samples per predicted class 0-9. The ± is the "
-             "standard deviation of FD over 20 bootstrap resamplings of the sample set. FD is biased upward for small "
-             "sets (it estimates a 128x128 covariance), so compare rows of the same n.\n",
+             f"Features: a CNN classifier trained with MindSpore on `{info.get('data')}` ({info.get('steps')} steps"
+             f"{', random mirroring' if info.get('hflip') else ''}; **test accuracy {100 * info.get('test_accuracy', 0):.1f}%**"
+             f", {100 * info.get('test_accuracy_mirrored', 0):.1f}% mirrored), run on onnxruntime; the method is in "
+             f"docs/quality.md. FD: Fréchet distance between the features of {result['n']} samples and of the "
+             f"{result['reference_images']} reference images (± its sd over 20 bootstrap resamplings; biased upward "
+             "for small n: compare rows of the same n); score: exp(E KL(p(y|x) || p(y))), 10 at best; histogram: "
+             "share of samples per predicted class.\n",
              table(["samples", "seed", "n", "seconds", "FD ± bootstrap sd", "score", "class histogram (%)"], rows)]
     if result["targets"]:
         lines += ["\n## Targets\n", table(["target", "FD", "DDPM-200 FD", "difference", "status"], [

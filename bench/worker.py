@@ -29,21 +29,20 @@ import numpy as np  # noqa: E402
 
 from ..runtime.backends import BACKENDS, Backend  # noqa: E402
 from ..runtime.errors import ToolkitError, first_line, run_main  # noqa: E402
+from ..runtime.manifest import Manifest  # noqa: E402
 from ..runtime.pipeline import Sampler, load_artifact  # noqa: E402
 
 from .harness import onnx_session, reply  # noqa: E402
 
 
-def open_openvino(artifact: Path, threads: Optional[int]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def open_openvino(artifact: Path, manifest: Manifest, threads: Optional[int]) -> Backend:
     """The ONNX U-Net on OpenVINO's CPU plug-in in fp32."""
     import openvino as ov
 
-    config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
+    config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
     model = ov.Core().compile_model(str(artifact), "CPU", config)
-    request = model.create_infer_request()
-    return lambda x, t: request.infer({"x": x, "t": t})[model.output(0)].copy()
+    request, (x_name, t_name) = model.create_infer_request(), (spec.name for spec in manifest.inputs)
+    return Backend("openvino", lambda x, t: request.infer({x_name: x, t_name: t})[model.output(0)].copy())
 
 
 def matmul_call(size: int, threads: Optional[int]) -> Callable[[], Any]:
@@ -75,7 +74,7 @@ class Worker:
         if kind in BACKENDS:
             return Sampler.load(artifact, backend=kind, threads=threads)
         path, manifest = load_artifact(artifact)
-        return Sampler(Backend(kind, open_openvino(path, threads)), manifest)
+        return Sampler(open_openvino(path, manifest, threads), manifest)
 
     def _inputs(self, batch: int) -> tuple:
         rng = np.random.default_rng(batch)

@@ -47,9 +47,9 @@ def test_bench_quick_writes_a_well_formed_table(quick_bench):
     unet = next(t for t in tables if t[0][:2] == ["backend", "batch"])
     labels = {row[0] for row in unet[2:]}
     assert {"mindspore AVX2", "mindspore ALL"} <= labels and any(label.startswith("onnxruntime") for label in labels)
-    assert "openvino" in labels  # timed when installed, else a row that says "not installed"
+    assert any(label.startswith("openvino") for label in labels)  # timed when installed, else "not installed"
     assert "**CPU**: " in markdown and "flags: " in markdown
-    assert (cwd / "work" / "unet.onnx").is_file() and not (REPO / "work").exists()
+    assert list((cwd / "work").glob("unet*.onnx")) and not (REPO / "work").exists()
 
 
 def test_bench_quick_json_has_every_measurement(quick_bench):
