@@ -9,7 +9,7 @@ Repairs of MindSpore 2.10's exporter output:
   the graph it makes is rejected by the MindSpore Lite converter.)
 - the exporter writes opset 11; another `opset` goes through `onnx.version_converter`.
 
-Then, unless `optimize` is off, `onnx_optimize.optimize_unet` rewrites the graph for onnxruntime (opset 20,
+Then, if `optimize` (the CLI default), `onnx_optimize.optimize_unet` rewrites the graph for onnxruntime (opset 20,
 fused normalisations and GELUs) and proves on onnxruntime that it still computes what the repaired graph does.
 """
 from __future__ import annotations
@@ -35,9 +35,10 @@ TRACE_BATCH = 2  # a dynamic export is traced at batch 2, so that no size-1 batc
 
 
 def export(net, model: ModelConfig, path: Path, batch: Optional[int], opset: Optional[int],
-           optimize: bool = True, skip: Collection[str] = ()) -> Exported:
+           optimize: bool = False, skip: Collection[str] = ()) -> Exported:
     """Export `net` (a MindSpore cell) to `path`, repaired, converted to `opset` if given, fully checked, and
-    optimised (`optimize`, without the rewrites named in `skip`)."""
+    optimised if `optimize` (without the rewrites named in `skip`; export.pipeline passes ExportRequest.optimize,
+    on by default)."""
     import mindspore as ms  # the export step only
 
     from .source import example_inputs
