@@ -159,13 +159,14 @@ def open_onnxruntime(artifact: Path, manifest: Manifest, *, threads: Optional[in
                                f"(this install has: {', '.join(available)}; CUDA and TensorRT come with pip install onnxruntime-gpu)")
     check_external_data(artifact)
     try:
-        session = create_session(ort, artifact, providers, threads)  # options and the optimised-model cache
+        session, keep_cache = create_session(ort, artifact, providers, threads)  # options, optimised-model cache
     except Exception as exc:  # onnxruntime raises its own exception types with multi-line text
         raise ToolkitError(f"corrupt or unreadable ONNX artifact: {artifact} ({first_line(exc)})") from None
     if session.get_providers()[0] != providers[0]:
         raise ToolkitError(f"onnxruntime could not start {providers[0]} (it fell back to {session.get_providers()[0]})")
     check_signature(artifact, manifest, [_onnx_spec(arg) for arg in session.get_inputs()],
                     [_onnx_spec(arg) for arg in session.get_outputs()])
+    keep_cache()  # only an artifact found good gets a cache beside it
     names, outputs = [spec.name for spec in manifest.inputs], [spec.name for spec in manifest.outputs]
 
     def run(*arrays: np.ndarray) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:

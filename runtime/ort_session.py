@@ -4,12 +4,13 @@
   Spinning worker threads burn the cores another process, or onnxruntime's own next kernel, needs: off
   was faster on the shared 2-core machine of docs/benchmarks.md (median 0.67-0.72x at batch 1 and 64).
 - The optimised-model cache: onnxruntime's ORT_ENABLE_ALL graph (fusions, NCHWc layout) is saved beside
-  the artifact as `<artifact>.ort-cache.onnx`, with `<artifact>.ort-cache.json` recording what it was built
+  the artifact as `<artifact>.ort-cache.onnx` (CPU provider only), with `<artifact>.ort-cache.json` recording what it was built
   from: the artifact's sha256, the onnxruntime version, the execution providers and the CPU's flags (the
   NCHWc form is specific to the CPU's vector width). A later session loads the cached graph with
   optimisations off (half the session time) only when every one of those matches and the cached file's
-  own sha256 is the recorded one; otherwise it rebuilds both, atomically. A folder it cannot write is
-  skipped (a debug log line). MS_DDPM_ORT_CACHE=0 turns the cache off.
+  own sha256 is the recorded one; otherwise it rebuilds both, atomically, once the caller has found the
+  session good (so that a rejected artifact leaves nothing beside it). A folder it cannot write is skipped
+  (a debug log line). MS_DDPM_ORT_CACHE=0 turns the cache off.
 """
 from __future__ import annotations
 
@@ -18,29 +19,33 @@ import json
 import logging
 import os
 import platform
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from .errors import ToolkitError
-from .files import atomic_path, sha256_file, write_text_atomic
+from .files import sha256_file, write_bytes_atomic, write_text_atomic
 
 SPINNING_ENV = "MS_DDPM_ORT_SPINNING"
 CACHE_ENV = "MS_DDPM_ORT_CACHE"
 CACHE_SUFFIX = ".ort-cache"
+CPU_PROVIDER = "CPUExecutionProvider"  # the cache is for onnxruntime's CPU provider only
 CPUINFO = Path("/proc/cpuinfo")
 
 _log = logging.getLogger(__name__)
+Session = Tuple[Any, Callable[[], None]]  # an InferenceSession, and what saves its cache (call once it is known good)
 
 
-def create_session(ort: Any, artifact: Path, providers: Sequence[str], threads: Optional[int]) -> Any:
-    """An InferenceSession on `artifact`, through the cache unless MS_DDPM_ORT_CACHE=0."""
+def create_session(ort: Any, artifact: Path, providers: Sequence[str], threads: Optional[int]) -> Session:
+    """An InferenceSession on `artifact`, through the cache unless MS_DDPM_ORT_CACHE=0, and the function that
+    saves a rebuilt cache beside the artifact (a no-op when there is nothing to save)."""
     options = session_options(ort, threads)
-    if not _env_flag(CACHE_ENV, True):
-        return ort.InferenceSession(str(artifact), options, providers=list(providers))
+    if not _env_flag(CACHE_ENV, True) or list(providers) != [CPU_PROVIDER]:  # other providers compile their own graphs
+        return ort.InferenceSession(str(artifact), options, providers=list(providers)), _nothing
     cache = OptimizedModelCache(artifact, ort.__version__, providers)
     if cache.valid():
         try:
-            return ort.InferenceSession(str(cache.model), _prebuilt(ort, threads), providers=list(providers))
+            return ort.InferenceSession(str(cache.model), _prebuilt(ort, threads), providers=list(providers)), _nothing
         except Exception as exc:  # onnxruntime's own types: the cache is rebuilt below
             _log.debug("cached onnxruntime model %s does not load (%s); rebuilding it", cache.model, exc)
     return cache.build(ort, options, providers)
@@ -82,18 +87,21 @@ class OptimizedModelCache:
         except (OSError, ValueError):  # missing, unreadable or torn: not valid
             return False
 
-    def build(self, ort: Any, options: Any, providers: Sequence[str]) -> Any:
-        """A session on the artifact whose optimised graph is saved as the cache (skipped where it cannot be)."""
+    def build(self, ort: Any, options: Any, providers: Sequence[str]) -> Session:
+        """A session on the artifact, and the function that saves its optimised graph as the cache."""
+        with tempfile.TemporaryDirectory(prefix="ms-ddpm-ort.") as work:
+            options.optimized_model_filepath = str(Path(work) / "optimized.onnx")
+            session = ort.InferenceSession(str(self.artifact), options, providers=list(providers))
+            optimized = Path(options.optimized_model_filepath).read_bytes()
+        return session, lambda: self.save(optimized)
+
+    def save(self, optimized: bytes) -> None:
+        """Write the cached model, then its record, each atomically; skipped where the folder cannot be written."""
         try:
-            with atomic_path(self.model) as tmp:
-                options.optimized_model_filepath = str(tmp)
-                session = ort.InferenceSession(str(self.artifact), options, providers=list(providers))
-            write_text_atomic(self.record, json.dumps({"key": self.key, "model_sha256": sha256_file(self.model)}))
-            return session
+            write_bytes_atomic(self.model, optimized)
+            write_text_atomic(self.record, json.dumps({"key": self.key, "model_sha256": hashlib.sha256(optimized).hexdigest()}))
         except ToolkitError as exc:  # the folder is read-only or full: run without a cache
             _log.debug("no onnxruntime model cache beside %s: %s", self.artifact, exc)
-            options.optimized_model_filepath = ""
-            return ort.InferenceSession(str(self.artifact), options, providers=list(providers))
 
 
 def cpu_fingerprint() -> str:
@@ -104,6 +112,10 @@ def cpu_fingerprint() -> str:
     except OSError:
         facts = [platform.machine(), platform.processor()]
     return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
+
+
+def _nothing() -> None:
+    """The cache-saving function when there is nothing to save."""
 
 
 def _env_flag(name: str, default: bool) -> bool:

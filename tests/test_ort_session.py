@@ -48,11 +48,18 @@ class SpyOrt(SimpleNamespace):
         return ort.InferenceSession(path, options, providers=providers)
 
 
+def open_session(artifact: Path, spy: SpyOrt = None):
+    """A session on `artifact`, found good: its cache is saved."""
+    session, keep_cache = create_session(spy or SpyOrt(), artifact, PROVIDERS, 1)
+    keep_cache()
+    return session
+
+
 def open_twice(artifact: Path, second: SpyOrt = None) -> List[str]:
     """Open `artifact` twice (the second time with `second`); the files the sessions were created from."""
     first_ort, second_ort = SpyOrt(), second or SpyOrt()
-    first = create_session(first_ort, artifact, PROVIDERS, 1)
-    again = create_session(second_ort, artifact, PROVIDERS, 1)
+    first = open_session(artifact, first_ort)
+    again = open_session(artifact, second_ort)
     np.testing.assert_allclose(again.run(None, {"x": X})[0], first.run(None, {"x": X})[0], rtol=1e-5, atol=1e-5)
     return first_ort.loaded + second_ort.loaded
 
@@ -70,12 +77,27 @@ def test_the_cache_is_created_then_reused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx", "unet.onnx.ort-cache.json", "unet.onnx.ort-cache.onnx"]
 
 
+def test_nothing_is_written_until_the_session_is_found_good(tmp_path):
+    artifact = write_artifact(tmp_path / "unet.onnx")
+    session, _ = create_session(SpyOrt(), artifact, PROVIDERS, 1)  # e.g. the manifest check failed: not kept
+    assert session.run(None, {"x": X})[0].shape == X.shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx"]
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate provider")
+def test_the_cache_is_for_the_cpu_provider_only(tmp_path):
+    artifact = write_artifact(tmp_path / "unet.onnx")
+    _, keep_cache = create_session(SpyOrt(), artifact, ["CPUExecutionProvider", "CPUExecutionProvider"], 1)
+    keep_cache()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx"]
+
+
 def test_a_changed_artifact_rebuilds_the_cache(tmp_path):
     artifact = write_artifact(tmp_path / "unet.onnx")
-    create_session(SpyOrt(), artifact, PROVIDERS, 1)
+    open_session(artifact)
     write_artifact(artifact, weight_scale=2.0)  # same name, other weights: the old cache must not be used
     spy = SpyOrt()
-    session = create_session(spy, artifact, PROVIDERS, 1)
+    session = open_session(artifact, spy)
     assert spy.loaded == ["unet.onnx"] and cache_of(artifact).valid()
     expected = ort.InferenceSession(str(artifact), providers=PROVIDERS).run(None, {"x": X})[0]
     np.testing.assert_allclose(session.run(None, {"x": X})[0], expected, rtol=1e-5, atol=1e-4)
@@ -88,33 +110,33 @@ def test_another_onnxruntime_version_rebuilds_the_cache(tmp_path):
 
 def test_another_cpu_rebuilds_the_cache(tmp_path, monkeypatch):
     artifact = write_artifact(tmp_path / "unet.onnx")
-    create_session(SpyOrt(), artifact, PROVIDERS, 1)
+    open_session(artifact)
     monkeypatch.setattr(ort_session, "cpu_fingerprint", lambda: "another-cpu")
     spy = SpyOrt()
-    create_session(spy, artifact, PROVIDERS, 1)
+    open_session(artifact, spy)
     assert spy.loaded == ["unet.onnx"]
     assert json.loads(cache_of(artifact).record.read_text())["key"]["cpu"] == "another-cpu"
 
 
 def test_a_damaged_cached_model_is_not_trusted(tmp_path):
     artifact = write_artifact(tmp_path / "unet.onnx")
-    create_session(SpyOrt(), artifact, PROVIDERS, 1)
+    open_session(artifact)
     cached = cache_of(artifact).model
     cached.write_bytes(cached.read_bytes()[:-1] + b"\0")
     spy = SpyOrt()
-    create_session(spy, artifact, PROVIDERS, 1)
+    open_session(artifact, spy)
     assert spy.loaded == ["unet.onnx"] and cache_of(artifact).valid()
 
 
 def test_an_unwritable_folder_runs_without_a_cache(tmp_path, monkeypatch, caplog):
     artifact = write_artifact(tmp_path / "unet.onnx")
 
-    def read_only(path, suffix=""):
+    def read_only(path, data):
         raise ToolkitError(f"output directory is not writable: {Path(path).parent} (Read-only file system)")
 
-    monkeypatch.setattr(ort_session, "atomic_path", read_only)
+    monkeypatch.setattr(ort_session, "write_bytes_atomic", read_only)
     with caplog.at_level(logging.DEBUG, logger=ort_session.__name__):
-        session = create_session(SpyOrt(), artifact, PROVIDERS, 1)
+        session = open_session(artifact)
     assert session.run(None, {"x": X})[0].shape == X.shape
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx"]
     assert "no onnxruntime model cache" in caplog.text and "Read-only" in caplog.text
