@@ -8,6 +8,7 @@ without the oneDNN AVX2 cap.
 """
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import statistics
@@ -21,8 +22,9 @@ from ..runtime.errors import ToolkitError
 from ..runtime.files import write_text_atomic
 from ..runtime.manifest import Manifest, manifest_path_for
 
-from .harness import (Log, Worker, WorkerFailed, cpu_flags, load_average, machine, rotate, run_child, start_workers,
-                      summarize)
+from ..train import cpu_flags
+
+from .harness import Log, Worker, WorkerFailed, load_average, machine, rotate, run_child, start_workers, summarize
 
 PEERS = {"openvino": "onnx"}  # engines beside the runtime's backends, and the format they read
 ENGINES = (*BACKENDS, *PEERS)
@@ -90,7 +92,8 @@ class Bench:
 
     def run(self) -> Dict[str, Any]:
         began = time.perf_counter()
-        self.result.update(machine=machine(), load_average_start=load_average())
+        self.result.update(machine=machine(), load_average_start=load_average(),
+                           started=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
         self._prepare()
         try:
             self._start_workers()
@@ -126,7 +129,7 @@ class Bench:
 
     def _start_workers(self) -> None:
         models = self.result["models"]
-        rows = engine_rows(self.s, models["artifacts"], models["checkpoint"], cpu_flags(), self.missing)
+        rows = engine_rows(self.s, models["artifacts"], models["checkpoint"], cpu_flags() or set(), self.missing)
         rows[PEAK] = ({"kind": "matmul", "size": MATMUL_SIZE, "threads": self.s.threads}, {})
         self.rows = rows
         self.log(f"starting workers: {', '.join(rows)} ...")

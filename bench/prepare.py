@@ -4,14 +4,13 @@ the formats asked for. Imports MindSpore, so the bench runs it as a child proces
     python -m ms_ddpm.bench.prepare WORK FORMATS [--checkpoint CKPT] [--tiny]
 
 Replies with the checkpoint and a list of artifacts ({format, graph, path}); an export that fails
-(e.g. no Lite bridge built) is reported with its error, the others are still made. Where the exporter
-has the ONNX graph optimisation (`ExportRequest.optimize`), the ONNX comes twice: the optimised graph
-and the plain one. The numeric gate is skipped: latency does not depend on it (`cli.py verify` does).
+(e.g. no Lite bridge built) is reported with its error, the others are still made. The ONNX comes
+twice: the optimised graph (the export's default) and the plain one (`--no-optimize`). The numeric
+gate is skipped: latency does not depend on it (`cli.py verify` does).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -21,22 +20,18 @@ from ..runtime.errors import first_line, run_main
 
 from .harness import reply
 
+GRAPHS = {"onnx": {"optimized": {"optimize": True}, "plain": {"optimize": False}}}  # format -> graph -> options
+
 
 def tiny_bench_config() -> Config:
     """An 8x8 U-Net of a few thousand parameters with the tutorial's T=200, for `bench --quick`."""
     return Config(model=ModelConfig(image_size=8, channels=1, dim=8, dim_mults=(1, 2)))
 
 
-def graph_variants(fmt: str) -> Dict[Optional[str], Dict[str, Any]]:
-    """{graph name: ExportRequest options}: both ONNX graphs where the exporter can optimise, else one."""
-    from ..export.pipeline import ExportRequest
-
-    if fmt == "onnx" and "optimize" in {f.name for f in dataclasses.fields(ExportRequest)}:
-        return {"optimized": {"optimize": True}, "plain": {"optimize": False}}
-    return {None: {}}
-
-
 def prepare(work: Path, formats: List[str], checkpoint: Optional[Path], tiny: bool) -> Dict[str, Any]:
+    from ..train import prepare_mindspore
+
+    prepare_mindspore()
     import mindspore as ms
 
     from ..export.formats import format_module
@@ -50,7 +45,7 @@ def prepare(work: Path, formats: List[str], checkpoint: Optional[Path], tiny: bo
         checkpoint = save_checkpoint(work / "untrained.ckpt", config, step=0, net=build_unet(config.model))
     result: Dict[str, Any] = {"checkpoint": str(resolve_checkpoint_path(checkpoint)), "artifacts": [], "errors": {}}
     for fmt in formats:
-        for graph, options in graph_variants(fmt).items():
+        for graph, options in GRAPHS.get(fmt, {None: {}}).items():
             out = work / f"unet{'-' + graph if graph else ''}{format_module(fmt).SUFFIX}"
             try:
                 export_checkpoint(Path(result["checkpoint"]), ExportRequest(format=fmt, out=out, gate=None, **options),

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO, assert_clean_error, run_cli
 
-SECTIONS = ("## U-Net, one call", "## End to end: 4 images", "## MindSpore training step", "## Cold start")
+SECTIONS = ("## Targets", "## U-Net, one call", "## End to end: 4 images", "## MindSpore training step", "## Cold start")
 
 
 def _tables(markdown: str):
