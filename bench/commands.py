@@ -92,25 +92,37 @@ def bench(
 
 def quality(
     checkpoint: Path = typer.Option(..., help="The trained model (.ckpt or run directory)."),
-    out: Path = typer.Option(Path("quality"), help="Writes OUT.md, OUT.json and OUT.png (any suffix is replaced)."),
-    work: Optional[Path] = typer.Option(None, help="Keeps the ONNX export and the classifier here, and reuses the "
-                                                   "classifier (default: a temporary folder, removed at the end)."),
-    n: int = typer.Option(2000, help="Samples per scheduler and seed."),
-    seeds: str = typer.Option("0", help="Comma-separated sampling seeds (the spread between seeds shows the noise)."),
+    out: Path = typer.Option(Path("quality"), help="Writes OUT.md, OUT.json and a picture per row in OUT/ (any suffix "
+                                                   "is replaced)."),
+    work: Optional[Path] = typer.Option(None, help="Keeps the ONNX export, the classifier and the features here, and "
+                                                   "reuses the classifier (default: a temporary folder, removed at the end)."),
+    rows: Optional[str] = typer.Option(None, help="Comma-separated rows scheduler:steps[:eta=E][:spacing=S][:clip]; "
+                                                  "differences are to the first (default: DDPM-200, DDPM-50, DDIM-50 "
+                                                  "eta 0 and 1, dpmpp-20, dpmpp-sde and dpmpp3m at 50, 20, 10, 5)."),
+    n: int = typer.Option(1000, help="Samples per row and seed."),
+    seeds: str = typer.Option("0", help="Comma-separated sampling seeds; each row pools its samples of every seed."),
+    paired: bool = typer.Option(True, "--paired/--unpaired", help="Paired: every row from the same seeds (the same "
+                                                                  "x_T and step noise), bootstrapped jointly; unpaired: "
+                                                                  "each row from its own seeds, bootstrapped alone."),
+    resamples: int = typer.Option(200, help="Bootstrap resamplings of the differences' intervals."),
     classifier: Optional[Path] = typer.Option(None, help="A classifier ONNX from `python -m ms_ddpm.bench.classifier` "
                                                          "(default: train one into WORK, or reuse it)."),
     classifier_steps: int = typer.Option(800, help="Training steps of the classifier."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: its own)."),
 ) -> None:
-    """Sample quality per scheduler: Fréchet distance on a dataset classifier's features, score, class histogram."""
+    """Sample quality per sampler: Fréchet distance on a dataset classifier's features and its paired difference to
+    the first row with a bootstrap interval, score, class histogram, a picture per row."""
     from .harness import scratch
-    from .quality_run import run_quality
+    from .quality_run import DEFAULT_ROWS, parse_rows, run_quality
 
-    if n < 2:
-        raise ToolkitError(f"--n must be >= 2, got {n}")
+    for name, value, minimum in (("n", n, 2), ("resamples", resamples, 10)):
+        if value < minimum:
+            raise ToolkitError(f"--{name} must be >= {minimum}, got {value}")
+    row_specs = parse_rows(DEFAULT_ROWS if rows is None else rows)
     seed_values = _ints(seeds, "--seeds", minimum=0)
-    out = _outputs(out, ".md", ".json", ".png")
+    out = _outputs(out, ".md", ".json")
     checkpoint, classifier = _absolute(checkpoint, "checkpoint"), _absolute(classifier, "classifier")
     with scratch(_absolute(work), "ms-ddpm-quality.") as folder:
-        run_quality(checkpoint, out, work=folder, n=n, seeds=seed_values, classifier=classifier,
-                    classifier_steps=classifier_steps, threads=threads, log=typer.echo, command=_command_line())
+        run_quality(checkpoint, out, work=folder, n=n, seeds=seed_values, rows=row_specs, paired=paired,
+                    resamples=resamples, classifier=classifier, classifier_steps=classifier_steps, threads=threads,
+                    log=typer.echo, command=_command_line())

@@ -11,7 +11,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -129,3 +129,41 @@ def evaluate(model: FeatureModel, images: np.ndarray, reference: FeatureStats, c
     return {"n": len(images), "fd": frechet_distance(FeatureStats.of(features), reference),
             "fd_sd": bootstrap_sd(features, reference, resamples) if resamples else None,
             "score": classifier_score(logits), "histogram": class_histogram(logits, classes).round(4).tolist()}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A set's FD minus the baseline set's, with its bootstrap interval."""
+    value: float
+    low: float
+    high: float
+
+
+def paired_differences(features: Sequence[np.ndarray], reference: FeatureStats, baseline: int = 0, *,
+                       paired: bool = True, resamples: int = 200, level: float = 0.95,
+                       seed: int = 0) -> List[Difference]:
+    """FD(set) - FD(baseline set) for every set, with a percentile bootstrap interval.
+
+    Paired (image i of every set comes from the same x_T and step noise): each resampling draws one set of
+    image indices for all sets, so what the sets share cancels in the difference. Unpaired: each set is
+    resampled on its own indices."""
+    sizes = {len(f) for f in features}
+    if paired and len(sizes) != 1:
+        raise ValueError(f"paired sets must have the same number of images, got {sorted(sizes)}")
+    rng = np.random.default_rng(seed)
+
+    def fds(pick: Callable[[int], np.ndarray]) -> np.ndarray:
+        return np.array([frechet_distance(FeatureStats.of(f[pick(len(f))]), reference) for f in features])
+
+    def resample() -> np.ndarray:
+        if not paired:
+            return fds(lambda n: rng.integers(0, n, n))
+        shared = rng.integers(0, len(features[0]), len(features[0]))
+        return fds(lambda n: shared)
+
+    point = fds(np.arange)
+    boot = np.array([resample() for _ in range(resamples)])
+    spread = boot - boot[:, [baseline]]
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(spread, [tail, 100 - tail], axis=0)
+    return [Difference(float(p - point[baseline]), float(lo), float(hi)) for p, lo, hi in zip(point, low, high)]

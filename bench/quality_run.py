@@ -8,7 +8,9 @@ Baselines: "real vs real" (two disjoint halves of the images), "noise" (clipped 
 from __future__ import annotations
 
 import json
+import re
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -16,19 +18,73 @@ import numpy as np
 
 from ..runtime.errors import ToolkitError
 from ..runtime.files import write_text_atomic
-from ..runtime.images import make_grid, save_grid
+from ..runtime.images import save_grid
 from ..runtime.manifest import Manifest, manifest_path_for
 from ..runtime.processes import run_module
+from ..runtime.schedulers import DEFAULT_SPACING, SCHEDULERS, SPACINGS
 
 from .harness import load_average
 from .quality import FeatureModel, FeatureStats, class_histogram, classifier_score, evaluate, frechet_distance, \
-    labeled_images
-from .report import SCHEDULER_NAMES, table
+    labeled_images, paired_differences
+from .report import table
 
 Log = Callable[[str], None]
-RUNS = (("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10))
-TARGETS = {("dpmpp", 20): 0.10, ("ddim", 50): 0.05}  # allowed FD excess over DDPM-200's
+NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++(2M)", "dpmpp-sde": "DPM-Solver++(2M) SDE",
+         "dpmpp3m": "DPM-Solver++(3M)"}
+DEFAULT_ROWS = ("ddpm:200,ddpm:50,ddim:50:eta=0,ddim:50:eta=1,dpmpp:20,"
+                + ",".join(f"{name}:{steps}" for name in ("dpmpp-sde", "dpmpp3m") for steps in (50, 20, 10, 5)))
+TARGETS = {20: 0.05, 10: 0.10}  # steps: allowed FD excess over the baseline row's
+RESOLVE = 0.05  # an interval resolves a row when its half-width is at most this share of the baseline's FD
 GRID = 36
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sampler of the table: scheduler, steps and its options."""
+    scheduler: str
+    steps: int
+    eta: float = 0.0
+    spacing: str = DEFAULT_SPACING
+    clip_x0: bool = False
+
+    @property
+    def label(self) -> str:
+        extras = ([f"eta {self.eta:g}"] if self.scheduler == "ddim" else []) + \
+            ([self.spacing] if self.spacing != DEFAULT_SPACING else []) + (["clip_x0"] if self.clip_x0 else [])
+        return f"{NAMES[self.scheduler]}-{self.steps}" + (f" ({', '.join(extras)})" if extras else "")
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9.]+", "-", self.label.lower()).strip("-")
+
+
+def parse_rows(text: str) -> List[Row]:
+    """Rows from `scheduler:steps[:eta=E][:spacing=S][:clip]`, comma-separated."""
+    rows = [_parse_row(part.strip()) for part in text.split(",") if part.strip()]
+    if not rows:
+        raise ToolkitError("--rows is empty")
+    return rows
+
+
+def _parse_row(spec: str) -> Row:
+    name, _, rest = spec.partition(":")
+    steps, *options = rest.split(":")
+    if name not in SCHEDULERS or not steps.isdigit() or int(steps) < 1:
+        raise ToolkitError(f"a row is scheduler:steps[:eta=E][:spacing=S][:clip] with a scheduler of "
+                           f"{', '.join(SCHEDULERS)} and steps >= 1, got {spec!r}")
+    fields: Dict[str, Any] = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "eta" and name == "ddim" and re.fullmatch(r"\d+(\.\d*)?", value):
+            fields["eta"] = float(value)
+        elif key == "spacing" and value in SPACINGS:
+            fields["spacing"] = value
+        elif option == "clip":
+            fields["clip_x0"] = True
+        else:
+            raise ToolkitError(f"unknown option {option!r} in row {spec!r}: eta=E (ddim only, E >= 0), spacing="
+                               f"{'|'.join(SPACINGS)}, clip")
+    return Row(name, int(steps), **fields)
 
 
 def _classifier(work: Path, data: str, image_size: int, hflip: bool, steps: int, log: Log) -> Path:
@@ -48,10 +104,12 @@ def _with_mirrors(images: np.ndarray, hflip: bool) -> np.ndarray:
     return np.concatenate([images, images[:, :, ::-1]]) if hflip else images
 
 
-def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 2000, seeds: Sequence[int] = (0,),
+def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 1000, seeds: Sequence[int] = (0,),
+                rows: Sequence[Row] = tuple(parse_rows(DEFAULT_ROWS)), paired: bool = True, resamples: int = 200,
                 classifier: Optional[Path] = None, classifier_steps: int = 800, threads: Optional[int] = None,
-                runs: Sequence[Tuple[str, int]] = RUNS, log: Log = print, command: str = "") -> Dict[str, Any]:
-    """Sample, score and write OUT.json, OUT.png and OUT.md (`out`: absolute, without suffix)."""
+                log: Log = print, command: str = "") -> Dict[str, Any]:
+    """Sample, score and write OUT.json, OUT.md and a picture per row in OUT/ (`out`: absolute, without suffix).
+    Differences are to the first row; paired: every row samples from the same seeds (the same x_T and step noise)."""
     from ..runtime.pipeline import Sampler
 
     began = time.perf_counter()
@@ -64,82 +122,126 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 2000, seeds
     data, size, hflip = config.train.data, config.model.image_size, config.train.hflip
     if config.model.channels != 1:
         raise ToolkitError("quality supports 1-channel models (digits, Fashion-MNIST)")
+    too_long = [row.label for row in rows if row.steps > manifest.timesteps]
+    if too_long:
+        raise ToolkitError(f"rows with more steps than the model's T={manifest.timesteps}: {', '.join(too_long)}")
     model = FeatureModel(classifier or _classifier(work, data, size, hflip, classifier_steps, log), threads)
     classes = int(model.info.get("classes", 10))
 
     images, _ = labeled_images(data, size)
     ref_logits, ref_features = model(_with_mirrors(images, hflip))
     reference = FeatureStats.of(ref_features)
-    halves = np.array_split(np.random.default_rng(0).permutation(len(images)), 2)
+    halves = [model(_with_mirrors(images[h], hflip))[1]
+              for h in np.array_split(np.random.default_rng(0).permutation(len(images)), 2)]
     noise = np.random.default_rng(0).standard_normal((n, size, size, 1))
-    rows: List[Dict[str, Any]] = [
-        {"name": "real vs real (disjoint halves)", "n": min(map(len, halves)) * (2 if hflip else 1), "seconds": None,
-         "fd": frechet_distance(*(FeatureStats.of(model(_with_mirrors(images[h], hflip))[1]) for h in halves)),
-         "score": classifier_score(ref_logits), "histogram": class_histogram(ref_logits, classes).round(4).tolist()},
-        {"name": "noise (clipped Gaussian)", "seconds": None, **evaluate(
-            model, np.clip((noise + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8), reference, classes)}]
+    baselines: List[Dict[str, Any]] = [
+        {"name": "real vs real (disjoint halves)", "n": len(halves[0]),
+         "fd": frechet_distance(*map(FeatureStats.of, halves)), "score": classifier_score(ref_logits),
+         "histogram": class_histogram(ref_logits, classes).round(4).tolist()},
+        {"name": "noise (clipped Gaussian)", **evaluate(
+            model, np.clip((noise + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8), reference, classes, resamples=0)}]
     sampler = Sampler.load(onnx_path, threads=threads)
-    grids = []
-    for scheduler, steps in runs:
-        steps = min(steps, manifest.timesteps)
-        label = f"{SCHEDULER_NAMES[scheduler]}-{steps}"
+    out.mkdir(parents=True, exist_ok=True)
+    results, features = [], []
+    for k, row in enumerate(rows):
+        logits, feats, seconds = [], [], 0.0
         for seed in seeds:
-            log(f"sampling {n} images: {label}, seed {seed} ...")
+            seed = seed if paired else seed + 1000 * k
+            log(f"sampling {n} images: {row.label}, seed {seed} ...")
             started = time.perf_counter()
-            samples = sampler.sample(n, scheduler, steps, seed=seed)
-            rows.append({"name": label, "scheduler": scheduler, "steps": steps, "seed": seed,
-                         "seconds": time.perf_counter() - started, **evaluate(model, samples, reference, classes)})
-            log(f"  {rows[-1]['seconds']:.1f} s, FD {rows[-1]['fd']:.3f}, score {rows[-1]['score']:.2f}")
-        grids.append((label, samples[:GRID]))
+            samples = sampler.sample(n, row.scheduler, row.steps, seed=seed, eta=row.eta, spacing=row.spacing,
+                                     clip_x0=row.clip_x0)
+            seconds += time.perf_counter() - started
+            part = model(samples)
+            logits.append(part[0])
+            feats.append(part[1])
+            if len(logits) == 1:
+                save_grid(out / f"{row.slug}.png", samples[:GRID], scale=4)
+        features.append(np.concatenate(feats))
+        logits = np.concatenate(logits)
+        results.append({"name": row.label, **asdict(row), "calls": row.steps, "n": len(logits), "seconds": seconds,
+                        "fd": frechet_distance(FeatureStats.of(features[-1]), reference),
+                        "score": classifier_score(logits), "histogram": class_histogram(logits, classes).round(4).tolist(),
+                        "picture": f"{out.name}/{row.slug}.png"})
+        log(f"  {seconds:.1f} s, FD {results[-1]['fd']:.3f}, score {results[-1]['score']:.2f}")
+    np.savez_compressed(work / "features.npz", *features)
+    log(f"bootstrapping the differences ({resamples} resamplings, {'paired' if paired else 'unpaired'}) ...")
+    for result, diff in zip(results, paired_differences(features, reference, paired=paired, resamples=resamples)):
+        result.update(difference=diff.value, low=diff.low, high=diff.high)
+    base = results[0]
+    first = features[0][:len(halves[0])]
+    floor = {"real_vs_real": baselines[0]["fd"], "n": len(first),
+             "baseline_vs_real_half": frechet_distance(FeatureStats.of(first), FeatureStats.of(halves[1]))}
 
     result = {"command": command, "checkpoint": str(checkpoint), "config": manifest.config, "T": manifest.timesteps,
-              "classifier": model.info, "n": n, "seeds": list(seeds), "reference_images": len(ref_features),
-              "rows": rows, "targets": _targets(rows), "threads": threads, "load_average": load_average(),
-              "grids": [label for label, _ in grids], "duration_s": round(time.perf_counter() - began, 1)}
+              "classifier": model.info, "n": n, "seeds": list(seeds), "paired": paired, "resamples": resamples,
+              "reference_images": len(ref_features), "baselines": baselines, "rows": results, "floor": floor,
+              "targets": _targets(results), "resolution": _resolution(results), "threads": threads,
+              "load_average": load_average(), "duration_s": round(time.perf_counter() - began, 1)}
     write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    save_grid(out.with_suffix(".png"), np.stack([make_grid(images) for _, images in grids]), scale=4,
-              columns=len(grids))
-    write_text_atomic(out.with_suffix(".md"), render_quality(result, out.with_suffix(".png").name))
-    log(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')} and {out.with_suffix('.png')} "
-        f"({result['duration_s']:.0f} s)")
+    write_text_atomic(out.with_suffix(".md"), render_quality(result))
+    log(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')} and {out}/*.png "
+        f"({result['duration_s']:.0f} s; baseline {base['name']}, FD {base['fd']:.2f})")
     return result
 
 
 def _targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    def mean_fd(scheduler: str, steps: int) -> Optional[float]:
-        values = [r["fd"] for r in rows if (r.get("scheduler"), r.get("steps")) == (scheduler, steps)]
-        return float(np.mean(values)) if values else None
-
-    base, out = mean_fd("ddpm", 200), []
-    for (scheduler, steps), allowed in TARGETS.items():
-        value = mean_fd(scheduler, steps)
-        if base and value is not None:
-            out.append({"target": f"{SCHEDULER_NAMES[scheduler]}-{steps} within {allowed:.0%} of DDPM-200's FD",
-                        "fd": value, "ddpm_fd": base, "excess": value / base - 1, "met": value / base - 1 <= allowed})
+    """Per row at a target's step count: met (interval below the allowed excess), missed (above), or not resolved."""
+    base = rows[0]["fd"]
+    out = []
+    for row in rows[1:]:
+        allowed = TARGETS.get(row["steps"])
+        if allowed is not None:
+            status = "met" if row["high"] <= allowed * base else "missed" if row["low"] > allowed * base \
+                else "not resolved"
+            out.append({"row": row["name"], "allowed": allowed, "excess": row["difference"] / base,
+                        "low": row["low"] / base, "high": row["high"] / base, "status": status})
     return out
 
 
-def render_quality(result: Dict[str, Any], picture: str) -> str:
-    info = result["classifier"]
-    rows = [[r["name"], r.get("seed", ""), r["n"], "" if r["seconds"] is None else f"{r['seconds']:.1f}",
-             f"{r['fd']:.2f}" + (f" ± {r['fd_sd']:.2f}" if r.get("fd_sd") else ""), f"{r['score']:.2f}",
-             " ".join(f"{100 * h:.0f}" for h in r["histogram"])] for r in result["rows"]]
+def _resolution(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The widest interval's half-width, as a share of the baseline's FD, and the n it would take to reach RESOLVE."""
+    base, n = rows[0]["fd"], rows[0]["n"]
+    widest = max((r["high"] - r["low"]) / 2 / base for r in rows[1:]) if len(rows) > 1 else 0.0
+    return {"widest_half_width": widest, "n": n, "n_needed": int(np.ceil(n * (widest / RESOLVE) ** 2))}
+
+
+def _pct(value: float, base: float) -> str:
+    return f"{100 * value / base:+.1f}%"
+
+
+def render_quality(result: Dict[str, Any]) -> str:
+    """The Markdown report of `run_quality`'s result."""
+    info, rows, base = result["classifier"], result["rows"], result["rows"][0]
+    head = ["samples", "U-Net calls", "n", "seconds", "FD", f"FD - {base['name']} [95% interval]", "as % of its FD",
+            "score", "class histogram (%)", "picture"]
+    body = [[b["name"], "", b["n"], "", f"{b['fd']:.2f}", "", "", f"{b['score']:.2f}",
+             " ".join(f"{100 * h:.0f}" for h in b["histogram"]), ""] for b in result["baselines"]]
+    body += [[r["name"], r["calls"], r["n"], f"{r['seconds']:.1f}", f"{r['fd']:.2f}",
+              f"{r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]",
+              f"{_pct(r['difference'], base['fd'])} [{_pct(r['low'], base['fd'])}, {_pct(r['high'], base['fd'])}]",
+              f"{r['score']:.2f}", " ".join(f"{100 * h:.0f}" for h in r["histogram"]), f"![]({r['picture']})"]
+             for r in rows]
+    res, floor = result["resolution"], result["floor"]
     lines = [f"# Sample quality\n\nGenerated by `{result['command'] or 'cli.py quality'}` in {result['duration_s']:.0f} s "
              f"(load average at the end {result['load_average']}).\n",
-             f"Model: `{result['checkpoint']}` ({result['config']['model']}, T={result['T']}, "
-             f"{result['config']['train']['steps']} steps), sampled on onnxruntime from its ONNX export (numeric gate "
-             "passed).\n",
-             f"Features: a CNN classifier trained with MindSpore on `{info.get('data')}` ({info.get('steps')} steps"
-             f"{', random mirroring' if info.get('hflip') else ''}; **test accuracy {100 * info.get('test_accuracy', 0):.1f}%**"
-             f", {100 * info.get('test_accuracy_mirrored', 0):.1f}% mirrored), run on onnxruntime; the method is in "
-             f"docs/quality.md. FD: Fréchet distance between the features of {result['n']} samples and of the "
-             f"{result['reference_images']} reference images (± its sd over 20 bootstrap resamplings; biased upward "
-             "for small n: compare rows of the same n); score: exp(E KL(p(y|x) || p(y))), 10 at best; histogram: "
-             "share of samples per predicted class.\n",
-             table(["samples", "seed", "n", "seconds", "FD ± bootstrap sd", "score", "class histogram (%)"], rows)]
+             f"Model: `{result['checkpoint']}` ({result['config']['model']}, T={result['T']}), sampled on onnxruntime "
+             "from its ONNX export (numeric gate passed).\n",
+             f"Features: a CNN classifier trained with MindSpore on `{info.get('data')}` ({info.get('steps')} steps, "
+             f"**test accuracy {100 * info.get('test_accuracy', 0):.1f}%**), run on onnxruntime. FD: Fréchet distance "
+             f"between the features of each row's {base['n']} samples ({result['n']} per seed, seeds "
+             f"{', '.join(map(str, result['seeds']))}) and of the {result['reference_images']} reference images. "
+             f"Differences to {base['name']}: {'paired (every row from the same x_T and step noise; each of' if result['paired'] else 'unpaired (each row from its own seeds; each of'} "
+             f"{result['resamples']} bootstrap resamplings {'draws one set of image indices for all rows' if result['paired'] else 'resamples each row on its own'}), "
+             "95% percentile interval. Score: exp(E KL(p(y|x) || p(y))), 10 at best.\n",
+             table(head, body),
+             f"\nFloor: real vs real {floor['real_vs_real']:.2f} ({body[0][2]} vs {body[0][2]} images); {base['name']}'s "
+             f"first {floor['n']} samples vs the second half: {floor['baseline_vs_real_half']:.2f} "
+             f"({floor['baseline_vs_real_half'] / floor['real_vs_real']:.2f}x the floor).\n",
+             f"Widest interval: ±{100 * res['widest_half_width']:.1f}% of {base['name']}'s FD with n = {res['n']}; "
+             f"±{100 * RESOLVE:.0f}% would take about n = {res['n_needed']} (intervals shrink as 1/sqrt(n)).\n"]
     if result["targets"]:
-        lines += ["\n## Targets\n", table(["target", "FD", "DDPM-200 FD", "difference", "status"], [
-            [t["target"], f"{t['fd']:.3f}", f"{t['ddpm_fd']:.3f}", f"{100 * t['excess']:+.1f}%",
-             "met" if t["met"] else "missed"] for t in result["targets"]])]
-    lines.append(f"\n![samples per scheduler, left to right: {', '.join(result['grids'])}]({picture})\n")
+        lines += ["## Targets\n", table(["row", "allowed excess", "excess [95% interval]", "status"], [
+            [t["row"], f"{100 * t['allowed']:.0f}%", f"{100 * t['excess']:+.1f}% [{100 * t['low']:+.1f}%, "
+             f"{100 * t['high']:+.1f}%]", t["status"]] for t in result["targets"]])]
     return "\n".join(lines)

@@ -27,13 +27,19 @@ def test_quality_runs_from_another_folder_with_relative_paths(tiny_checkpoint, t
     """Relative --checkpoint and --out against the caller's folder; the default scratch folder leaves nothing."""
     shutil.copy(tiny_checkpoint, tmp_path / "tiny.ckpt")
     result = run_cli("quality", "--checkpoint", "tiny.ckpt", "--out", "q", "--n", "8", "--classifier-steps", "20",
+                     "--rows", "ddpm:10,ddim:5:eta=1,dpmpp-sde:5,dpmpp3m:3", "--seeds", "0,1", "--resamples", "10",
                      cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.json", "q.md", "q.png", "tiny.ckpt"]
-    rows = json.loads((tmp_path / "q.json").read_text())["rows"]
-    assert [r["name"] for r in rows[2:]] == ["DDPM-10", "DDIM-10", "DDIM-10", "DPM-Solver++-10", "DPM-Solver++-10"]
-    assert all(np.isfinite(r["fd"]) and r["fd"] >= 0 for r in rows)
-    assert "![samples per scheduler" in (tmp_path / "q.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "q.json", "q.md", "tiny.ckpt"]
+    report = json.loads((tmp_path / "q.json").read_text())
+    rows = report["rows"]
+    assert [r["name"] for r in rows] == ["DDPM-10", "DDIM-5 (eta 1)", "DPM-Solver++(2M) SDE-5", "DPM-Solver++(3M)-3"]
+    assert all(np.isfinite(r["fd"]) and r["fd"] >= 0 for r in rows + report["baselines"])
+    assert [r["n"] for r in rows] == [16] * 4 and report["paired"]
+    assert rows[0]["difference"] == rows[0]["low"] == rows[0]["high"] == 0.0
+    assert all(r["low"] <= r["difference"] <= r["high"] for r in rows)
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == sorted(f"{r['picture'][2:]}" for r in rows)
+    assert "](q/ddpm-10.png)" in (tmp_path / "q.md").read_text()
 
 
 def test_quality_path_errors_come_before_any_work(tiny_checkpoint, tmp_path):
