@@ -172,7 +172,8 @@ class Bench:
         for label, worker in self._alive(self.unet_labels).items():
             try:
                 outputs[label] = np.load(worker.ask("output", batch=AGREEMENT_BATCH,
-                                                    path=str(self.s.work / f"eps-{len(outputs)}.npy"))["path"])
+                                                    path=str(self.s.work / f"eps-{len(outputs)}.npy"))["path"],
+                                         allow_pickle=False)
             except WorkerFailed as exc:
                 self.errors[f"{label} (output)"] = str(exc)
         reference = next(iter(outputs.values()), None)

@@ -48,6 +48,12 @@ class SpyOrt(SimpleNamespace):
         return ort.InferenceSession(path, options, providers=providers)
 
 
+@pytest.fixture(autouse=True)
+def cache_on(monkeypatch):
+    """The cache is opt-in (MS_DDPM_ORT_CACHE=1): these tests turn it on, except where they say otherwise."""
+    monkeypatch.setenv(CACHE_ENV, "1")
+
+
 def open_session(artifact: Path, spy: SpyOrt = None):
     """A session on `artifact`, found good: its cache is saved."""
     session, keep_cache = create_session(spy or SpyOrt(), artifact, PROVIDERS, 1)
@@ -142,8 +148,12 @@ def test_an_unwritable_folder_runs_without_a_cache(tmp_path, monkeypatch, caplog
     assert "no onnxruntime model cache" in caplog.text and "Read-only" in caplog.text
 
 
-def test_the_cache_can_be_turned_off(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, "0")
+@pytest.mark.parametrize("value", [None, "0"])
+def test_the_cache_is_off_by_default_and_can_be_turned_off(value, tmp_path, monkeypatch):
+    if value is None:
+        monkeypatch.delenv(CACHE_ENV)
+    else:
+        monkeypatch.setenv(CACHE_ENV, value)
     artifact = write_artifact(tmp_path / "unet.onnx")
     assert open_twice(artifact) == ["unet.onnx", "unet.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx"]

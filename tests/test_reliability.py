@@ -124,7 +124,8 @@ def _with_external_data(artifact: Path, folder: Path, location: str) -> Path:
     model = onnx.load(str(artifact))
     folder.mkdir(parents=True, exist_ok=True)
     copy = folder / "unet.onnx"
-    onnx.save_model(model, str(copy), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    # size_threshold: onnx's default, so shape tensors stay inline (onnxruntime reads them to infer shapes)
+    onnx.save_model(model, str(copy), save_as_external_data=True, location="weights.bin", size_threshold=1024)
     model = onnx.load(str(copy), load_external_data=False)
     for tensor in model.graph.initializer:
         for entry in tensor.external_data:
