@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+from ..runtime.cpu import cpu_flags, cpu_model
 from ..runtime.errors import ToolkitError
 from ..runtime.processes import error_line, module_command, quiet_env, run_module
 
@@ -175,22 +176,12 @@ def summarize(times: Sequence[float], flops: Optional[float] = None) -> Dict[str
     return out
 
 
-def _cpuinfo(key: str) -> str:
-    """The first `key : value` of /proc/cpuinfo ('' where there is none): the CPU's model name."""
-    with contextlib.suppress(OSError):
-        return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith(key)), "")
-    return ""
-
-
 def machine() -> Dict[str, Any]:
     """The CPU (model name and a summary of its vector flags), core count, platform, library versions."""
     from importlib import metadata, util
 
-    from ..train import cpu_flags
-
     flags = cpu_flags() or set()
-    return {"cpu": _cpuinfo("model name") or platform.processor() or platform.machine(),
+    return {"cpu": cpu_model() or platform.processor() or platform.machine(),
             "isa": [flag for flag in ISA_FLAGS if flag in flags], "cpus": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(),
             "versions": {p: metadata.version(p) for p in ("onnxruntime", "openvino", "mindspore", "numpy", "onnx")

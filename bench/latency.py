@@ -22,7 +22,7 @@ from ..runtime.errors import ToolkitError
 from ..runtime.files import write_text_atomic
 from ..runtime.manifest import Manifest, manifest_path_for
 
-from ..train import cpu_flags
+from ..runtime.cpu import cpu_flags
 
 from .harness import Log, Worker, WorkerFailed, load_average, machine, rotate, run_child, start_workers, summarize
 

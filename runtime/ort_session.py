@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
 
+from .cpu import cpu_flags, cpu_model
 from .errors import ToolkitError
 from .files import sha256_file, write_bytes_atomic, write_text_atomic
 
@@ -31,7 +32,6 @@ SPINNING_ENV = "MS_DDPM_ORT_SPINNING"
 CACHE_ENV = "MS_DDPM_ORT_CACHE"
 CACHE_SUFFIX = ".ort-cache"
 CPU_PROVIDER = "CPUExecutionProvider"  # the cache is for onnxruntime's CPU provider only
-CPUINFO = Path("/proc/cpuinfo")
 
 _log = logging.getLogger(__name__)
 Session = Tuple[Any, Callable[[], None]]  # an InferenceSession, and what saves its cache (call once it is known good)
@@ -107,11 +107,8 @@ class OptimizedModelCache:
 
 def cpu_fingerprint() -> str:
     """A digest of the CPU's model and instruction-set flags (/proc/cpuinfo; elsewhere, `platform`'s names)."""
-    try:
-        lines = CPUINFO.read_text().splitlines()
-        facts = sorted({line.strip() for line in lines if line.split(":")[0].strip() in ("flags", "model name")})
-    except OSError:
-        facts = [platform.machine(), platform.processor()]
+    flags = cpu_flags()
+    facts = [platform.machine(), platform.processor()] if flags is None else [cpu_model() or "", *sorted(flags)]
     return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
 
 

@@ -154,7 +154,7 @@ def test_the_isa_cap_applies_only_where_the_cpu_has_avx512(environ, machine, fla
 def test_the_package_import_sets_nothing_and_prepare_never_asks_for_an_isa_this_cpu_lacks():
     code = ("import os, json; import ms_ddpm.train.commands, ms_ddpm.export.commands, ms_ddpm.cli; "
             "before = {k: os.environ.get(k) for k in ('ONEDNN_MAX_CPU_ISA', 'GLOG_v')}; "
-            "from ms_ddpm.train import prepare_mindspore, cpu_flags; note = prepare_mindspore(); "
+            "from ms_ddpm.train import prepare_mindspore; from ms_ddpm.runtime.cpu import cpu_flags; note = prepare_mindspore(); "
             "print(json.dumps([before, os.environ.get('ONEDNN_MAX_CPU_ISA'), note, sorted(cpu_flags() or [])]))")
     env = {key: value for key, value in os.environ.items() if key not in ("ONEDNN_MAX_CPU_ISA", "GLOG_v")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

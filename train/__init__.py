@@ -15,13 +15,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-from pathlib import Path
 from typing import Mapping, Optional, Tuple
 
+from ..runtime.cpu import CPUINFO, cpu_flags
 from ..runtime.errors import ToolkitError
 
 ISA_VAR = "ONEDNN_MAX_CPU_ISA"
-CPUINFO = Path("/proc/cpuinfo")
 _note: Optional[str] = None  # the log line of the one prepare_mindspore() that ran in this process
 
 
@@ -29,15 +28,6 @@ def require_extra(extra: str, *modules: str) -> None:
     """Fail with one line naming the pip extra when one of `modules` is not installed."""
     if any(importlib.util.find_spec(module) is None for module in modules):
         raise ToolkitError(f"this command needs the {extra} extra: pip install 'ms-ddpm[{extra}]'")
-
-
-def cpu_flags(cpuinfo: Path = CPUINFO) -> Optional[set]:
-    """The CPU's feature flags from /proc/cpuinfo; None where that file cannot be read."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), None)
 
 
 def cpu_dispatch(environ: Mapping[str, str], machine: str, flags: Optional[set]) -> Tuple[Optional[str], str]:
