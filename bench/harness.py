@@ -98,8 +98,8 @@ class Worker:
         try:
             self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
             self.proc.stdin.flush()
-        except OSError:
-            raise WorkerFailed(f"{self.label}: the worker is gone (see {self.log_path})") from None
+        except OSError as exc:
+            raise WorkerFailed(f"{self.label}: the worker is gone (see {self.log_path})") from exc
 
     @property
     def alive(self) -> bool:

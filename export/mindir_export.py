@@ -35,5 +35,5 @@ def load_eps(path: Path) -> EpsFn:
     try:
         graph = ms.load(str(path))
     except (RuntimeError, ValueError) as exc:
-        raise ToolkitError(f"not a loadable MindIR file: {path} ({first_line(exc)})") from None
+        raise ToolkitError(f"not a loadable MindIR file: {path} ({first_line(exc)})") from exc
     return cell_eps(nn.GraphCell(graph))

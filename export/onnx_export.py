@@ -54,7 +54,7 @@ def export(net, model: ModelConfig, path: Path, batch: Optional[int], opset: Opt
     try:
         onnx.checker.check_model(graph, full_check=True)
     except Exception as exc:  # ValidationError or InferenceError, from onnx's C++ checker
-        raise VerificationFailed(f"the exported ONNX fails onnx.checker (full check): {first_line(exc)}") from None
+        raise VerificationFailed(f"the exported ONNX fails onnx.checker (full check): {first_line(exc)}") from exc
     notes: Dict[str, Any] = {"exporter": f"mindspore {ms.__version__} onnx.export, repaired", "optimize": False}
     if optimize:
         graph, report = optimize_unet(graph, skip=skip)
@@ -121,5 +121,5 @@ def load_eps(path: Path) -> EpsFn:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...) derive from Exception
-        raise ToolkitError(f"corrupt or unreadable ONNX artifact: {path} ({first_line(exc, 160)})") from None
+        raise ToolkitError(f"corrupt or unreadable ONNX artifact: {path} ({first_line(exc, 160)})") from exc
     return lambda x, t: session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, (x, t))))[0]

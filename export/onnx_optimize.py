@@ -71,7 +71,7 @@ def optimize_unet(model: onnx.ModelProto, thresholds: Thresholds = Thresholds(),
     try:
         onnx.checker.check_model(optimized, full_check=True)
     except Exception as exc:  # ValidationError or InferenceError, from onnx's C++ checker
-        raise VerificationFailed(f"the optimised ONNX fails onnx.checker: {first_line(exc)}") from None
+        raise VerificationFailed(f"the optimised ONNX fails onnx.checker: {first_line(exc)}") from exc
     report = OptimizeReport(opset=(default_opset(model), default_opset(optimized)),
                             nodes=(len(model.graph.node), len(optimized.graph.node)),
                             rewrites=rewrites)
@@ -84,7 +84,7 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     try:
         converted = onnx.version_converter.convert_version(model, opset)
     except RuntimeError as exc:
-        raise ToolkitError(f"cannot convert the ONNX graph to opset {opset}: {first_line(exc, 160)}") from None
+        raise ToolkitError(f"cannot convert the ONNX graph to opset {opset}: {first_line(exc, 160)}") from exc
     converted.ir_version = max(converted.ir_version, helper.find_min_ir_version_for(converted.opset_import))
     return converted
 
@@ -136,7 +136,7 @@ def _session(model: onnx.ModelProto, label: str) -> Callable[[Dict[str, np.ndarr
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types
-        raise VerificationFailed(f"onnxruntime cannot load the {label} ONNX graph: {first_line(exc)}") from None
+        raise VerificationFailed(f"onnxruntime cannot load the {label} ONNX graph: {first_line(exc)}") from exc
     return lambda feed: session.run(None, feed)
 
 

@@ -170,7 +170,7 @@ def _export(module: ModuleType, net: nn.Cell, model: ModelConfig, path: Path, re
     try:
         exported = module.export(net, model, path, request.batch, request.opset, **options)
     except (RuntimeError, ValueError) as exc:  # MindSpore's exporters raise these, with pages of text
-        raise ToolkitError(f"MindSpore could not export to {request.format}: {first_line(exc)}") from None
+        raise ToolkitError(f"MindSpore could not export to {request.format}: {first_line(exc)}") from exc
     log(f"exported in {time.perf_counter() - started:.1f} s")
     return exported
 

@@ -95,7 +95,7 @@ def _export_unet(net: nn.Cell, source: Checkpoint, path: Path, request, log: Log
     try:
         return onnx_export.export(net, source.config.model, path, request.batch, request.opset, optimize=optimize)
     except (RuntimeError, ValueError) as exc:  # MindSpore's exporter raises these, with pages of text
-        raise ToolkitError(f"MindSpore could not export the U-Net to ONNX: {first_line(exc)}") from None
+        raise ToolkitError(f"MindSpore could not export the U-Net to ONNX: {first_line(exc)}") from exc
 
 
 def run_step_gate(artifact: Path, manifest: Manifest, net: nn.Cell, source: Checkpoint, thresholds: Thresholds,

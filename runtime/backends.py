@@ -144,8 +144,8 @@ def import_library(backend: str) -> ModuleType:
     spec = BACKENDS[backend]
     try:
         return importlib.import_module(spec.library)
-    except ImportError:
-        raise ToolkitError(f"the {backend} backend needs {spec.library}, which is not installed: {spec.install}") from None
+    except ImportError as exc:
+        raise ToolkitError(f"the {backend} backend needs {spec.library}, which is not installed: {spec.install}") from exc
 
 
 def open_onnxruntime(artifact: Path, manifest: Manifest, *, threads: Optional[int] = None,
@@ -161,7 +161,7 @@ def open_onnxruntime(artifact: Path, manifest: Manifest, *, threads: Optional[in
     try:
         session, keep_cache = create_session(ort, artifact, providers, threads)  # options, optimised-model cache
     except Exception as exc:  # onnxruntime raises its own exception types with multi-line text
-        raise ToolkitError(f"corrupt or unreadable ONNX artifact: {artifact} ({first_line(exc)})") from None
+        raise ToolkitError(f"corrupt or unreadable ONNX artifact: {artifact} ({first_line(exc)})") from exc
     if session.get_providers()[0] != providers[0]:
         raise ToolkitError(f"onnxruntime could not start {providers[0]} (it fell back to {session.get_providers()[0]})")
     check_signature(artifact, manifest, [_onnx_spec(arg) for arg in session.get_inputs()],
@@ -184,18 +184,18 @@ def open_mindspore(artifact: Path, manifest: Manifest, *, threads: Optional[int]
         try:
             ms.device_context.cpu.op_tuning.threads_num(threads)
         except RuntimeError as exc:  # it can be set once per process
-            raise ToolkitError(f"cannot set MindSpore's thread count: {first_line(exc)}") from None
+            raise ToolkitError(f"cannot set MindSpore's thread count: {first_line(exc)}") from exc
     try:
         cell = ms.nn.GraphCell(ms.load(str(artifact)))
     except Exception as exc:  # MindSpore raises RuntimeError/ValueError with long text
-        raise ToolkitError(f"corrupt or unreadable MindIR artifact: {artifact} ({first_line(exc)})") from None
+        raise ToolkitError(f"corrupt or unreadable MindIR artifact: {artifact} ({first_line(exc)})") from exc
 
     def run(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         try:
             return cell(ms.Tensor(x), ms.Tensor(t)).asnumpy()
         except (RuntimeError, ValueError, TypeError) as exc:
             raise ToolkitError(f"MindIR artifact {artifact} rejected inputs of shape {x.shape} "
-                               f"(does it match its manifest?): {first_line(exc)}") from None
+                               f"(does it match its manifest?): {first_line(exc)}") from exc
 
     return run
 

@@ -133,9 +133,9 @@ def parse_json(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ToolkitError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise ToolkitError(f"{what} is not valid JSON (nested too deeply)") from None
+        raise ToolkitError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except RecursionError as exc:
+        raise ToolkitError(f"{what} is not valid JSON (nested too deeply)") from exc
 
 
 def _section(kind: type, values: Any, name: str) -> Any:

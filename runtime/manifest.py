@@ -224,10 +224,10 @@ class Manifest:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ToolkitError(f"manifest not found: {path}") from None
+        except FileNotFoundError as exc:
+            raise ToolkitError(f"manifest not found: {path}") from exc
         except (OSError, UnicodeDecodeError) as exc:
-            raise ToolkitError(f"cannot read manifest {path}: {exc}") from None
+            raise ToolkitError(f"cannot read manifest {path}: {exc}") from exc
         return cls.from_dict(parse_json(text, f"manifest {path}"), source=str(path))
 
 

@@ -46,8 +46,8 @@ def seed_key(seed: int) -> Tuple[int, int]:
     """The Philox key of a seed in [0, 2**64 - 1]; anything else is a ToolkitError."""
     try:
         seed = operator.index(seed)
-    except TypeError:
-        raise ToolkitError(f"the noise seed must be an integer, got {seed!r}") from None
+    except TypeError as exc:
+        raise ToolkitError(f"the noise seed must be an integer, got {seed!r}") from exc
     if not 0 <= seed <= SEED_MAX:
         raise ToolkitError(f"the noise seed must be in [0, 2**64 - 1], got {seed}")
     return seed & MASK32, seed >> 32

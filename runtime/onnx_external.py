@@ -32,7 +32,7 @@ def check_external_data(model_path: Path) -> None:
     try:
         locations = external_locations(model_path.read_bytes())
     except (ValueError, RecursionError) as exc:  # what cannot be walked cannot be cleared
-        raise ToolkitError(f"corrupt or unreadable ONNX artifact: {model_path} (not a valid protobuf: {exc})") from None
+        raise ToolkitError(f"corrupt or unreadable ONNX artifact: {model_path} (not a valid protobuf: {exc})") from exc
     home = model_path.resolve().parent
     for location in locations:
         target = (home / location).resolve()

@@ -86,14 +86,14 @@ def make_server(table: Routes, host: str, port: int) -> ThreadingHTTPServer:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as exc:
-        raise ToolkitError(f"--host {host}: {exc.strerror}") from None
+        raise ToolkitError(f"--host {host}: {exc.strerror}") from exc
     server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
     try:
         return server_class((host, port), partial(_Handler, table))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ToolkitError(f"port {port} on {host} is in use: choose another with --port (0: any free port)") from None
-        raise ToolkitError(f"cannot listen on {host}:{port}: {exc.strerror or first_line(exc)}") from None
+            raise ToolkitError(f"port {port} on {host} is in use: choose another with --port (0: any free port)") from exc
+        raise ToolkitError(f"cannot listen on {host}:{port}: {exc.strerror or first_line(exc)}") from exc
 
 
 def _loopback(host: str) -> bool:

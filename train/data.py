@@ -49,7 +49,7 @@ def read_idx(path: Path) -> np.ndarray:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; zlib.error: a broken stream
-        raise ToolkitError(f"cannot read IDX file {path}: {exc}") from None
+        raise ToolkitError(f"cannot read IDX file {path}: {exc}") from exc
     return parse_idx(raw, str(path))
 
 
@@ -75,7 +75,7 @@ def _load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
                 raise ToolkitError(f"colour image {path} for a 1-channel model (use --channels 3, or convert the folder to grey)")
             image = image.convert("L" if channels == 1 else "RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL: unidentified/truncated (OSError), bad sizes
-        raise ToolkitError(f"cannot read image {path}: {exc}") from None
+        raise ToolkitError(f"cannot read image {path}: {exc}") from exc
     return resize_and_crop(image, image_size).reshape(image_size, image_size, channels)
 
 
@@ -98,7 +98,7 @@ def read_npz(path: Path) -> np.ndarray:
                 raise ToolkitError(f".npz has no 'images' array (found {keys}): {path}")
             images = archive[key]
     except (OSError, ValueError, EOFError) as exc:
-        raise ToolkitError(f"cannot read .npz {path}: {exc}") from None
+        raise ToolkitError(f"cannot read .npz {path}: {exc}") from exc
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ToolkitError(f".npz images must be uint8 (N, H, W[, C]), got {images.dtype} {images.shape}: {path}")
     return images

@@ -62,7 +62,7 @@ def join_msrun_cluster(batch_size: int) -> DistributedContext:
         init()
     except RuntimeError as exc:
         raise ToolkitError(f"could not join the msrun cluster at {os.environ['MS_SCHED_HOST']}:"
-                           f"{os.environ['MS_SCHED_PORT']}: {str(exc).strip().splitlines()[0]}") from None
+                           f"{os.environ['MS_SCHED_PORT']}: {str(exc).strip().splitlines()[0]}") from exc
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     return DistributedContext(rank=get_rank(), world_size=get_group_size())
 

@@ -82,7 +82,7 @@ def unpack_wheel(wheel: Path) -> Path:
             archive.extractall(staging)
         staging.rename(target)
     except (OSError, zipfile.BadZipFile) as exc:
-        raise ToolkitError(f"cannot unpack {wheel}: {exc} (delete it and run `{BUILD_COMMAND}` again)") from None
+        raise ToolkitError(f"cannot unpack {wheel}: {exc} (delete it and run `{BUILD_COMMAND}` again)") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root

@@ -57,7 +57,7 @@ def library() -> ctypes.CDLL:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:
             raise ToolkitError(f"cannot load the MindSpore Lite bridge {path}: {exc} "
-                               f"(rebuild: `{BUILD_COMMAND}`)") from None
+                               f"(rebuild: `{BUILD_COMMAND}`)") from exc
         for name, (restype, argtypes) in _SIGNATURES.items():
             function = getattr(lib, name)
             function.restype, function.argtypes = restype, argtypes

@@ -54,7 +54,7 @@ class OfficialModel:
             self._inputs = self._model.get_inputs()
             self.output_names = [tensor.name for tensor in self._model.get_outputs()]
         except Exception as exc:  # the API raises RuntimeError/ValueError/TypeError for bad models
-            raise _lite_error(f"{path}: cannot load the Lite model", exc) from None
+            raise _lite_error(f"{path}: cannot load the Lite model", exc) from exc
         self.input_names = [tensor.name for tensor in self._inputs]
         self.input_shapes: List[List[int]] = [list(tensor.shape) for tensor in self._inputs]
         self.input_dtypes = [_DTYPE_NAMES.get(getattr(tensor.dtype, "name", ""), "unsupported")
@@ -64,7 +64,7 @@ class OfficialModel:
         try:
             self._model.resize(self._inputs, [list(shape) for shape in shapes])
         except Exception as exc:
-            raise _lite_error("cannot resize the Lite model", exc) from None
+            raise _lite_error("cannot resize the Lite model", exc) from exc
         self.input_shapes = [list(shape) for shape in shapes]
 
     def predict(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
@@ -74,7 +74,7 @@ class OfficialModel:
             outputs = self._model.predict(self._inputs)
             return [np.asarray(output.get_data_to_numpy(), dtype=np.float32) for output in outputs]
         except Exception as exc:
-            raise _lite_error("Lite inference failed", exc) from None
+            raise _lite_error("Lite inference failed", exc) from exc
 
 
 def convert_onnx(onnx_path: Path, output_base: Path) -> None:
@@ -86,4 +86,4 @@ def convert_onnx(onnx_path: Path, output_base: Path) -> None:
         converter.optimize = "general"
         converter.convert(mslite.FmkType.ONNX, str(onnx_path), str(output_base))
     except Exception as exc:
-        raise _lite_error("the Lite converter rejected the model", exc) from None
+        raise _lite_error("the Lite converter rejected the model", exc) from exc
