@@ -115,19 +115,10 @@ class FeatureModel:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def bootstrap_sd(features: np.ndarray, reference: FeatureStats, resamples: int = 20, seed: int = 0) -> float:
-    """Standard deviation of the Fréchet distance over resamplings (with replacement) of the sample set."""
-    rng = np.random.default_rng(seed)
-    return float(np.std([frechet_distance(FeatureStats.of(features[rng.integers(0, len(features), len(features))]),
-                                          reference) for _ in range(resamples)], ddof=1))
-
-
-def evaluate(model: FeatureModel, images: np.ndarray, reference: FeatureStats, classes: int,
-             resamples: int = 20) -> Dict[str, Any]:
-    """Fréchet distance to the reference statistics (+ its bootstrap sd), classifier score, class histogram."""
+def evaluate(model: FeatureModel, images: np.ndarray, reference: FeatureStats, classes: int) -> Dict[str, Any]:
+    """Fréchet distance to the reference statistics, classifier score, class histogram."""
     logits, features = model(images)
     return {"n": len(images), "fd": frechet_distance(FeatureStats.of(features), reference),
-            "fd_sd": bootstrap_sd(features, reference, resamples) if resamples else None,
             "score": classifier_score(logits), "histogram": class_histogram(logits, classes).round(4).tolist()}
 
 

@@ -139,7 +139,7 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 1000, seeds
          "fd": frechet_distance(*map(FeatureStats.of, halves)), "score": classifier_score(ref_logits),
          "histogram": class_histogram(ref_logits, classes).round(4).tolist()},
         {"name": "noise (clipped Gaussian)", **evaluate(
-            model, np.clip((noise + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8), reference, classes, resamples=0)}]
+            model, np.clip((noise + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8), reference, classes)}]
     sampler = Sampler.load(onnx_path, threads=threads)
     out.mkdir(parents=True, exist_ok=True)
     results, features = [], []

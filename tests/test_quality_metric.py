@@ -68,9 +68,17 @@ def test_feature_stats_rejects_bad_shapes():
         FeatureStats.of(np.zeros((1, 3)))
 
 
-def test_bootstrap_sd_shrinks_with_more_samples():
-    from ms_ddpm.bench.quality import bootstrap_sd
+def test_paired_interval_shrinks_as_one_over_sqrt_n():
+    from ms_ddpm.bench.quality import paired_differences
 
-    reference = FeatureStats.of(_features(n=20000, seed=1))
-    small, large = (bootstrap_sd(_features(n=n, seed=2), reference, resamples=10) for n in (200, 5000))
-    assert 0 < large < small
+    reference, features = FeatureStats.of(_features(n=20000, seed=1)), _features(n=4000, seed=2)
+
+    def half_width(n):
+        base = features[:n]
+        moved = base.copy()
+        moved[: n // 5] += 1.0
+        diff = paired_differences([base, moved], reference, resamples=100)[1]
+        return (diff.high - diff.low) / 2
+
+    ratio = half_width(500) / half_width(4000)  # sqrt(8) = 2.8 in theory
+    assert 2.0 < ratio < 4.0, ratio
