@@ -113,9 +113,9 @@ def sample(
     checkpoint: Optional[Path] = typer.Option(None, help="MindSpore reference path: a .ckpt file or run directory."),
     artifact: Optional[Path] = typer.Option(None, help="Runtime path: an exported model (.onnx, .mindir, .lite.mindir) with its manifest <artifact>.json beside it."),
     backend: Optional[str] = typer.Option(None, help="Runtime backend: onnxruntime | mindspore | mslite (default: by the artifact's format)."),
-    scheduler: Optional[str] = typer.Option(None, help="Runtime scheduler: ddpm (default) | ddim | dpmpp | dpmpp-sde | dpmpp3m; "
+    scheduler: Optional[str] = typer.Option(None, help="Runtime scheduler: dpmpp-sde (default) | ddpm | ddim | dpmpp | dpmpp3m; "
                                                        "a sampler-step artifact runs the one it carries (the reference path is always DDPM)."),
-    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: T for ddpm, 50 for ddim, 20 for dpmpp)."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: T for ddpm, 50 for ddim, 20 for the DPM-Solvers)."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (default 0 = deterministic, 1 = DDPM-like)."),
     spacing: Optional[str] = typer.Option(None, help="Timestep spacing with fewer steps than T: linspace | leading | trailing (default)."),
     clip_x0: Optional[bool] = typer.Option(None, "--clip-x0/--no-clip-x0", help="Clip each predicted x0 to [-1, 1] (default: no)."),

@@ -41,7 +41,7 @@ def runtime_denoise(artifact: Path, noise: Dict[str, np.ndarray], backend: Optio
     from .pipeline import Sampler
 
     sampler = Sampler.load(artifact, backend)
-    scheduler = sampler.scheduler()
+    scheduler = sampler.scheduler(None if sampler.carries else "ddpm")  # a U-Net: DDPM at all T steps
     return {"x0" + key[3:]: sampler.denoise(scheduler, noise[key], noise["step_noise" + key[3:]])
             for key in noise if key.startswith("x_T")}
 

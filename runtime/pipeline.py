@@ -28,7 +28,7 @@ from .files import sha256_file
 from .images import to_uint8
 from .manifest import Manifest, SamplerSettings, manifest_path_for
 from .noise import NoiseStream
-from .schedulers import DEFAULT_SPACING, Scheduler, StepTable, apply_step
+from .schedulers import DEFAULT_SCHEDULER, DEFAULT_SPACING, Scheduler, StepTable, apply_step
 
 StepCallback = Callable[[int, int, np.ndarray], None]  # (step index, timestep, x after the step)
 State = Union[np.ndarray, Tuple[np.ndarray, ...]]  # a step model's (K, N, C, H, W) array, or apply_step's x0 history
@@ -74,11 +74,11 @@ class Sampler:
 
     def settings(self, name: Optional[str] = None, steps: Optional[int] = None, *, eta: Optional[float] = None,
                  spacing: Optional[str] = None, clip_x0: Optional[bool] = None) -> SamplerSettings:
-        """The scheduler settings asked for (None: the default). A U-Net takes any (default ddpm; steps T for ddpm,
+        """The scheduler settings asked for (None: the default). A U-Net takes any (default dpmpp-sde: DEFAULT_SCHEDULER; steps T for ddpm,
         50 for ddim, 20 for the DPM-Solvers; eta 0, trailing spacing, no clipping); a sampler-step model only the
         ones it carries, which are also its defaults."""
         if self.carries is None:
-            return SamplerSettings(name or "ddpm", steps, eta or 0.0, spacing or DEFAULT_SPACING, bool(clip_x0))
+            return SamplerSettings(name or DEFAULT_SCHEDULER, steps, eta or 0.0, spacing or DEFAULT_SPACING, bool(clip_x0))
         asked = {"name": name, "steps": steps, "eta": eta, "spacing": spacing, "clip_x0": clip_x0}
         differing = [f"{key} {value!r}" for key, value in asked.items()
                      if value is not None and value != getattr(self.carries, key)]
