@@ -39,8 +39,8 @@ def _outputs(out: Path, *suffixes: str) -> Path:
 def _ints(text: str, option: str, minimum: int = 1) -> Tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ToolkitError(f"{option} must be comma-separated integers, got {text!r}") from None
+    except ValueError as exc:
+        raise ToolkitError(f"{option} must be comma-separated integers, got {text!r}") from exc
     if not values or min(values) < minimum:
         raise ToolkitError(f"{option} must be integers >= {minimum}, got {text!r}")
     return values
