@@ -30,11 +30,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..runtime.errors import ToolkitError
-from ..runtime.manifest import TensorSpec
+from ..runtime.manifest import STEP_INPUTS, STEP_OUTPUTS, TensorSpec
 from ..runtime.schedulers import STEP_COLUMNS, StepTable
 
-INPUT_NAMES = ("x", "i", "z", "state")
-OUTPUT_NAMES = ("x_next", "x0", "state_next")
+INPUT_NAMES, OUTPUT_NAMES = STEP_INPUTS, STEP_OUTPUTS  # the manifest defines the step contract's tensor names
 UNET_INPUTS = ("x", "t")
 UNET_OUTPUT = "eps"
 UNET_PREFIX = "unet/"
