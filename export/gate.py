@@ -39,6 +39,10 @@ class Thresholds:
             raise ToolkitError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
         return self
 
+    def passes(self, result: Dict[str, Any]) -> bool:
+        """Whether one `compare` result is within these thresholds."""
+        return "error" not in result and result["max_abs"] <= self.atol and result["cosine"] >= self.min_cosine
+
 
 # MindSpore Lite 2.0.0's CPU kernels carry about 1e-4 *relative* error (onnxruntime: 5e-7), so its absolute
 # error grows with the model's output scale: max abs 2.1e-4 on the untrained tutorial-size U-Net, 1.3e-3 on
@@ -123,8 +127,7 @@ def run_gate(artifact_eps: EpsFn, reference_eps: EpsFn, cases: Sequence[GateCase
             result.update(compare(reference_eps(case.x, case.t), np.asarray(artifact_eps(case.x, case.t))))
         except Exception as exc:  # any loader's failure on a case is that case's failure, reported, not a crash
             result["error"] = f"artifact failed to run: {first_line(exc)}"
-        result["passed"] = "error" not in result and result["max_abs"] <= thresholds.atol \
-            and result["cosine"] >= thresholds.min_cosine
+        result["passed"] = thresholds.passes(result)
         results.append(result)
     return GateReport(thresholds=thresholds, seed=seed, cases=results, loader=loader)
 

@@ -103,7 +103,7 @@ def check_agreement(plain: onnx.ModelProto, optimized: onnx.ModelProto, threshol
     for feed in check_inputs(plain.graph):
         for reference, candidate in zip(plain_run(feed), optimized_run(feed)):
             result = compare(reference, candidate)
-            if "error" in result or result["max_abs"] > thresholds.atol or result["cosine"] < thresholds.min_cosine:
+            if not thresholds.passes(result):
                 raise VerificationFailed(f"the optimised ONNX graph does not compute what the exported one computes "
                                          f"({_describe(result)}; needs max abs <= {thresholds.atol:g}, cosine >= "
                                          f"{thresholds.min_cosine:g}); export with --no-optimize")

@@ -133,7 +133,7 @@ def _reference(manifest: Manifest, net: nn.Cell, source: Checkpoint) -> Sampler:
 
 def _case(batch: int, timesteps: np.ndarray, expected: np.ndarray, got: np.ndarray, thresholds: Thresholds) -> dict:
     case = {"batch": batch, "t_min": int(timesteps.min()), "t_max": int(timesteps.max()), **compare(expected, got)}
-    case["passed"] = "error" not in case and case["max_abs"] <= thresholds.atol and case["cosine"] >= thresholds.min_cosine
+    case["passed"] = thresholds.passes(case)
     return case
 
 
