@@ -5,12 +5,14 @@ child process starts; without --work, scratch goes to a temporary folder that is
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import typer
 
@@ -20,18 +22,16 @@ from ..runtime.files import check_output_dir
 
 def _absolute(path: Optional[Path], must_exist: str = "") -> Optional[Path]:
     """`path` against the caller's working directory; `must_exist` names it in the not-found error."""
-    if path is None:
-        return None
-    path = Path(os.path.abspath(path.expanduser()))
-    if must_exist and not path.exists():
+    path = path and Path(os.path.abspath(path.expanduser()))
+    if must_exist and path and not path.exists():
         raise ToolkitError(f"{must_exist} not found: {path}")
     return path
 
 
-def _outputs(out: Path, *suffixes: str) -> Path:
-    """OUT without its suffix, absolute, after checking that OUT.<suffix> can be written."""
+def _outputs(out: Path) -> Path:
+    """OUT without its suffix, absolute, after checking that OUT.md and OUT.json can be written."""
     out = _absolute(out).with_suffix("")
-    for suffix in suffixes:
+    for suffix in (".md", ".json"):
         check_output_dir(out.with_suffix(suffix))
     return out
 
@@ -44,6 +44,23 @@ def _ints(text: str, option: str, minimum: int = 1) -> Tuple[int, ...]:
     if not values or min(values) < minimum:
         raise ToolkitError(f"{option} must be integers >= {minimum}, got {text!r}")
     return values
+
+
+@contextlib.contextmanager
+def _scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
+    """`work` (created if missing, and removed again if left empty), or a temporary folder removed at the end."""
+    if work is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+            yield Path(folder)
+        return
+    created = not work.exists()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                work.rmdir()  # only when left empty
 
 
 def _command_line() -> str:
@@ -67,9 +84,8 @@ def bench(
     images: int = typer.Option(64, help="Images per end-to-end sampling run."),
     max_load: Optional[float] = typer.Option(None, help="Wait (up to 10 min) until the 1-minute load average is below this."),
 ) -> None:
-    """Benchmark U-Net calls per engine, end-to-end sampling, training steps and cold start; Markdown + JSON."""
+    """Benchmark U-Net calls per engine against the fp32 MatMul peak, and end-to-end sampling; Markdown + JSON."""
     from .latency import ENGINES, BenchSettings, run_bench
-    from .harness import scratch
 
     engines = tuple(b.strip() for b in backends.split(",") if b.strip())
     if not engines or set(engines) - set(ENGINES):
@@ -78,13 +94,13 @@ def bench(
         if value is not None and value < 1:
             raise ToolkitError(f"--{name} must be >= 1, got {value}")
     batch_sizes = _ints(batches, "--batches")
-    out = _outputs(out, ".md", ".json")
+    out = _outputs(out)
     checkpoint, work = _absolute(checkpoint, "checkpoint"), _absolute(work)
     deadline = time.time() + 600
     while max_load is not None and os.getloadavg()[0] > max_load and time.time() < deadline:
         typer.echo(f"load average {os.getloadavg()[0]:.2f} > {max_load}: waiting ...")
         time.sleep(30)
-    with scratch(work, "ms-ddpm-bench.") as folder:
+    with _scratch(work, "ms-ddpm-bench.") as folder:
         settings = BenchSettings(work=folder, quick=quick, checkpoint=checkpoint, threads=threads, engines=engines,
                                  batches=batch_sizes, repeats=repeats, e2e_images=images)
         run_bench(settings, out, log=typer.echo, command=_command_line())
@@ -112,7 +128,6 @@ def quality(
 ) -> None:
     """Sample quality per sampler: Fréchet distance on a dataset classifier's features and its paired difference to
     the first row with a bootstrap interval, score, class histogram, a picture per row."""
-    from .harness import scratch
     from .quality_run import DEFAULT_ROWS, parse_rows, run_quality
 
     for name, value, minimum in (("n", n, 2), ("resamples", resamples, 10)):
@@ -120,9 +135,9 @@ def quality(
             raise ToolkitError(f"--{name} must be >= {minimum}, got {value}")
     row_specs = parse_rows(DEFAULT_ROWS if rows is None else rows)
     seed_values = _ints(seeds, "--seeds", minimum=0)
-    out = _outputs(out, ".md", ".json")
+    out = _outputs(out)
     checkpoint, classifier = _absolute(checkpoint, "checkpoint"), _absolute(classifier, "classifier")
-    with scratch(_absolute(work), "ms-ddpm-quality.") as folder:
+    with _scratch(_absolute(work), "ms-ddpm-quality.") as folder:
         run_quality(checkpoint, out, work=folder, n=n, seeds=seed_values, rows=row_specs, paired=paired,
                     resamples=resamples, classifier=classifier, classifier_steps=classifier_steps, threads=threads,
                     log=typer.echo, command=_command_line())

@@ -12,23 +12,23 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
+from importlib import metadata, util
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..runtime.cpu import cpu_flags, cpu_model
 from ..runtime.errors import ToolkitError
-from ..runtime.processes import error_line, module_command, quiet_env, run_module
+from ..runtime.processes import error_line, module_command, quiet_env
 
-REPLY_PREFIX = "@@bench "  # replies are single lines with this prefix: libraries print to stdout too
+REPLY_PREFIX = "@@bench "  # a child's answers are single lines with this prefix: libraries print to stdout too
 PAUSE_S = 0.03
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "hypervisor")
 Log = Callable[[str], None]
 
 
 class WorkerFailed(ToolkitError):
-    pass
+    """A worker that could not open, answered with an error, or exited."""
 
 
 def reply(payload: Dict[str, Any]) -> None:
@@ -36,34 +36,13 @@ def reply(payload: Dict[str, Any]) -> None:
     print(REPLY_PREFIX + json.dumps(payload), flush=True)
 
 
-def run_child(module: str, *args: object, what: str) -> Dict[str, Any]:
-    """Run a package module to completion; its last reply."""
-    replies = [line[len(REPLY_PREFIX):] for line in run_module(module, *args, what=what).stdout.splitlines()
-               if line.startswith(REPLY_PREFIX)]
-    if not replies:
-        raise ToolkitError(f"{what} gave no result")
-    return json.loads(replies[-1])
-
-
-@contextlib.contextmanager
-def scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
-    """`work` (created if missing, and removed again if left empty), or a temporary folder removed at the end."""
-    if work is None:
-        with tempfile.TemporaryDirectory(prefix=prefix) as folder:
-            yield Path(folder)
-        return
-    created = not work.exists()
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        yield work
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                work.rmdir()  # only when left empty
+def replies(lines: Iterable[str]) -> Iterator[Dict[str, Any]]:
+    """The answers among a child's output lines."""
+    return (json.loads(line[len(REPLY_PREFIX):]) for line in lines if line.startswith(REPLY_PREFIX))
 
 
 def onnx_session(model: Any, threads: Optional[int] = None):
-    """An onnxruntime CPU session, with the runtime's options, on a model that is not a U-Net artifact
+    """An onnxruntime CPU session with the runtime's options, on a model that is not a U-Net artifact
     (the peak MatMul, the quality classifier)."""
     import onnxruntime as ort
 
@@ -73,26 +52,14 @@ def onnx_session(model: Any, threads: Optional[int] = None):
 
 
 class Worker:
-    """The parent's handle on one `bench.worker` child: ask(op, ...) -> its JSON reply."""
+    """The parent's handle on one `bench.worker` child: send(op, ...), then receive() its answer."""
 
     def __init__(self, label: str, spec: Dict[str, Any], env: Dict[str, str], log_dir: Path):
-        self.label, self.ready = label, {}
+        self.label, self.open_s = label, None
         self.log_path = log_dir / f"worker-{label.replace(' ', '_').replace('/', '_')}.log"
         with self.log_path.open("w") as stderr:
             self.proc = subprocess.Popen(module_command("bench.worker", json.dumps(spec)), stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=stderr, text=True, env={**quiet_env(), **env})
-
-    def receive(self) -> Dict[str, Any]:
-        for line in self.proc.stdout:
-            if line.startswith(REPLY_PREFIX):
-                answer = json.loads(line[len(REPLY_PREFIX):])
-                if "error" in answer:
-                    raise WorkerFailed(f"{self.label}: {answer['error']}")
-                return answer
-        self.proc.wait()
-        stderr = self.log_path.read_text(errors="replace")
-        detail = error_line(stderr) or next(reversed(stderr.strip().splitlines()), "no output")
-        raise WorkerFailed(f"{self.label}: the worker exited with code {self.proc.returncode}: {detail[:300]}")
 
     def send(self, op: str, **kwargs: Any) -> None:
         try:
@@ -101,13 +68,23 @@ class Worker:
         except OSError as exc:
             raise WorkerFailed(f"{self.label}: the worker is gone (see {self.log_path})") from exc
 
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    def receive(self) -> Dict[str, Any]:
+        answer = next(replies(self.proc.stdout), None)
+        if answer is None:
+            code, stderr = self.proc.wait(), self.log_path.read_text(errors="replace")
+            detail = error_line(stderr) or next(reversed(stderr.strip().splitlines()), "no output")
+            raise WorkerFailed(f"{self.label}: the worker exited with code {code}: {detail[:300]}")
+        if "error" in answer:
+            raise WorkerFailed(f"{self.label}: {answer['error']}")
+        return answer
 
     def ask(self, op: str, **kwargs: Any) -> Dict[str, Any]:
         self.send(op, **kwargs)
         return self.receive()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -119,13 +96,13 @@ class Worker:
             self.proc.wait()
 
 
-def start_workers(specs: Dict[str, tuple], log_dir: Path, errors: Dict[str, str]) -> Dict[str, Worker]:
+def start_workers(specs: Dict[str, Tuple[Dict[str, Any], Dict[str, str]]], log_dir: Path,
+                  errors: Dict[str, str]) -> Dict[str, Worker]:
     """Start every (spec, env) side by side; those that fail to open are reported in `errors` and left out."""
-    starting = {label: Worker(label, spec, env, log_dir) for label, (spec, env) in specs.items()}
-    ready = {}
-    for label, worker in starting.items():
+    started, ready = {label: Worker(label, spec, env, log_dir) for label, (spec, env) in specs.items()}, {}
+    for label, worker in started.items():
         try:
-            worker.ready = worker.receive()["ready"]
+            worker.open_s = worker.receive()["open_s"]
             ready[label] = worker
         except WorkerFailed as exc:
             worker.close()
@@ -142,24 +119,19 @@ def rotate(workers: Dict[str, Worker], op: str, args: Dict[str, Any], repeats: i
     times: Dict[str, List[float]] = {label: [] for label in workers}
     owed = dict.fromkeys(workers, 1)  # timed calls still owed; the first one sets the quota
 
-    def failed(label: str, exc: WorkerFailed) -> None:
-        errors[f"{label} ({op} {json.dumps(args)})"] = str(exc)
-        owed[label] = 0
+    def each(call: Callable[[Worker], Any]) -> Iterator[Tuple[str, Any]]:
+        for label in [label for label in workers if owed[label]]:
+            try:
+                yield label, call(workers[label])
+            except WorkerFailed as exc:
+                errors[f"{label} ({op} {json.dumps(args)})"] = str(exc)
+                owed[label] = 0
 
-    for step in ("send", "receive"):  # the warm-ups run side by side
-        for label in [label for label in workers if owed[label]]:
-            try:
-                workers[label].send(op, **args, calls=0) if step == "send" else workers[label].receive()
-            except WorkerFailed as exc:
-                failed(label, exc)
+    list(each(lambda worker: worker.send(op, **args, calls=0)))  # the warm-ups run side by side
+    list(each(Worker.receive))
     while any(owed.values()):
-        for label in [label for label in workers if owed[label]]:
-            try:
-                took = workers[label].ask(op, **args, calls=1, warmup=False)["times"]
-            except WorkerFailed as exc:
-                failed(label, exc)
-                continue
-            quota = max(2, min(repeats, int(budget_s / max(took[0], 1e-9)))) if not times[label] else owed[label]
+        for label, took in each(lambda worker: worker.ask(op, **args, calls=1)["times"]):
+            quota = owed[label] if times[label] else max(2, min(repeats, int(budget_s / max(took[0], 1e-9))))
             times[label] += took
             owed[label] = quota - 1
             time.sleep(PAUSE_S)
@@ -171,15 +143,12 @@ def summarize(times: Sequence[float], flops: Optional[float] = None) -> Dict[str
     out: Dict[str, Any] = {"n": len(times), "median_s": statistics.median(times), "min_s": min(times),
                            "times_s": [round(t, 6) for t in times]}
     if flops:
-        out["gflops_median"] = flops / out["median_s"] / 1e9
-        out["gflops_best"] = flops / out["min_s"] / 1e9
+        out.update(gflops_median=flops / out["median_s"] / 1e9, gflops_best=flops / out["min_s"] / 1e9)
     return out
 
 
 def machine() -> Dict[str, Any]:
     """The CPU (model name and a summary of its vector flags), core count, platform, library versions."""
-    from importlib import metadata, util
-
     flags = cpu_flags() or set()
     return {"cpu": cpu_model() or platform.processor() or platform.machine(),
             "isa": [flag for flag in ISA_FLAGS if flag in flags], "cpus": os.cpu_count(),
@@ -189,6 +158,7 @@ def machine() -> Dict[str, Any]:
 
 
 def load_average() -> Optional[List[float]]:
+    """The 1, 5 and 15 minute load averages; None where the platform has none."""
     with contextlib.suppress(OSError):
         return [round(v, 2) for v in os.getloadavg()]
     return None

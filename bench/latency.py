@@ -1,5 +1,5 @@
-"""`cli.py bench`: U-Net latency per engine against the fp32 MatMul peak, end-to-end sampling against
-its U-Net calls, the MindSpore training step and cold start, in one run; Markdown + JSON.
+"""`ms-ddpm bench`: U-Net latency per engine against the fp32 MatMul peak, and end-to-end sampling against
+its U-Net calls, in one run; Markdown + JSON.
 
 This process only orchestrates (numpy, onnx for the FLOP count); every measurement runs in a worker
 (bench/harness.py). The rows are data: each runtime backend on each artifact of its format (two
@@ -11,27 +11,30 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+import numpy as np
+
+from ..export.gate import compare
 from ..runtime.backends import BACKENDS
+from ..runtime.cpu import cpu_flags
 from ..runtime.errors import ToolkitError
 from ..runtime.files import write_text_atomic
 from ..runtime.manifest import Manifest, manifest_path_for
+from ..runtime.processes import run_module
 
-from ..runtime.cpu import cpu_flags
-
-from .harness import Log, Worker, WorkerFailed, load_average, machine, rotate, run_child, start_workers, summarize
+from .flops import count_flops
+from .harness import Log, Worker, WorkerFailed, load_average, machine, replies, rotate, start_workers, summarize
+from .report import render_markdown
 
 PEERS = {"openvino": "onnx"}  # engines beside the runtime's backends, and the format they read
 ENGINES = (*BACKENDS, *PEERS)
 PEAK = "fp32 matmul peak"
 MATMUL_SIZE = 2048
 E2E_RUNS = (("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10))
-TRAIN_BATCH = 16
 AGREEMENT_BATCH = 4
 Rows = Dict[str, Tuple[Dict[str, Any], Dict[str, str]]]  # label -> (worker spec, environment)
 
@@ -58,8 +61,7 @@ def onednn_settings(flags: Set[str]) -> Dict[str, Dict[str, str]]:
     return {**capped, "ALL": {"ONEDNN_MAX_CPU_ISA": "ALL"}}
 
 
-def engine_rows(s: BenchSettings, artifacts: List[Dict[str, Any]], checkpoint: str, flags: Set[str],
-                missing: Dict[str, str]) -> Rows:
+def engine_rows(s: BenchSettings, artifacts: List[Dict[str, Any]], flags: Set[str], missing: Dict[str, str]) -> Rows:
     """Every requested engine on every artifact of its format; what cannot run goes to `missing`."""
     rows: Rows = {}
     for engine in s.engines:
@@ -69,20 +71,21 @@ def engine_rows(s: BenchSettings, artifacts: List[Dict[str, Any]], checkpoint: s
         fmt = BACKENDS[engine].format if engine in BACKENDS else PEERS[engine]
         if not any(a["format"] == fmt for a in artifacts):
             missing[engine] = f"no {fmt} export (see Not measured)"
-        for artifact in [a for a in artifacts if a["format"] == fmt]:
-            label = engine + (f" ({artifact['graph']} graph)" if artifact["graph"] else "")
-            spec = {"kind": engine, "artifact": artifact["path"], "threads": s.threads, "checkpoint": checkpoint}
-            settings = onednn_settings(flags) if engine == "mindspore" else {"": {}}
-            rows.update({f"{label} {isa}".strip(): (spec, env) for isa, env in settings.items()})
         if engine == "mindspore" and "avx2" not in flags:
             missing["mindspore AVX2"] = "the CPU has no AVX2"
+        for artifact in [a for a in artifacts if a["format"] == fmt]:
+            label = engine + (f" ({artifact['graph']} graph)" if artifact["graph"] else "")
+            spec = {"kind": engine, "artifact": artifact["path"], "threads": s.threads}
+            settings = onednn_settings(flags) if engine == "mindspore" else {"": {}}
+            rows.update({f"{label} {isa}".strip(): (spec, env) for isa, env in settings.items()})
     return rows
 
 
 class Bench:
+    """One run: prepare the models, start the workers, time them, close them; `run()` returns the result."""
+
     def __init__(self, settings: BenchSettings, log: Log):
-        self.s = settings
-        began = time.perf_counter()
+        self.s, began = settings, time.perf_counter()
         self.log = lambda line: log(f"[{time.perf_counter() - began:6.1f} s] {line}")
         self.workers: Dict[str, Worker] = {}
         self.errors: Dict[str, str] = {}
@@ -100,46 +103,38 @@ class Bench:
             self._unet_latency()
             self._agreement()
             self._end_to_end()
-            self._training()
         finally:
             for worker in self.workers.values():
                 worker.close()
-        self._cold_start()
         self.result.update(errors=self.errors, missing=self.missing, load_average_end=load_average(),
                            duration_s=round(time.perf_counter() - began, 1))
         return self.result
 
     def _prepare(self) -> None:
         self.log("preparing models (checkpoint -> exports) ...")
-        formats = {"onnx"} | {BACKENDS[e].format for e in self.s.engines if e in BACKENDS}
-        args = [self.s.work, ",".join(sorted(formats))]
-        args += ["--checkpoint", self.s.checkpoint] if self.s.checkpoint else (["--tiny"] if self.s.quick else [])
-        prepared = run_child("bench.prepare", *args, what="preparing the models")
+        request = {"work": str(self.s.work), "formats": sorted({BACKENDS[e].format for e in self.s.engines
+                                                                 if e in BACKENDS} | {"onnx"}),
+                   "checkpoint": self.s.checkpoint and str(self.s.checkpoint), "tiny": self.s.quick}
+        prepared = next(replies(run_module("bench.prepare", json.dumps(request),
+                                           what="preparing the models").stdout.splitlines()))
         self.errors.update(prepared["errors"])
         self.result["models"] = prepared
         onnx = next((a["path"] for a in prepared["artifacts"] if a["format"] == "onnx"), None)
         if onnx is None:
             raise ToolkitError(f"could not export the model to ONNX: {prepared['errors'].get('export onnx')}")
-        from .flops import count_flops
-
         self.flops_per_image = count_flops(onnx, 1)
         self.manifest = Manifest.load(manifest_path_for(Path(onnx)))
         self.result["model"] = {"config": self.manifest.config["model"], "timesteps": self.manifest.timesteps,
                                 "gflop_per_image": self.flops_per_image / 1e9}
 
     def _start_workers(self) -> None:
-        models = self.result["models"]
-        rows = engine_rows(self.s, models["artifacts"], models["checkpoint"], cpu_flags() or set(), self.missing)
+        rows = engine_rows(self.s, self.result["models"]["artifacts"], cpu_flags() or set(), self.missing)
         rows[PEAK] = ({"kind": "matmul", "size": MATMUL_SIZE, "threads": self.s.threads}, {})
-        self.rows = rows
         self.log(f"starting workers: {', '.join(rows)} ...")
         self.workers = start_workers(rows, self.s.work, self.errors)
         self.missing.update({label: "failed (see Not measured)" for label in rows if label not in self.workers})
-        self.unet_labels = [label for label in rows if label in self.workers and label != PEAK]
-        self.result["open_s"] = {label: self.workers[label].ready["open_s"] for label in self.unet_labels}
-
-    def _of_kind(self, kind: str) -> List[str]:
-        return [label for label in self.unet_labels if self.rows[label][0]["kind"] == kind]
+        self.unet_labels = [label for label in self.workers if label != PEAK]
+        self.result["open_s"] = {label: self.workers[label].open_s for label in self.unet_labels}
 
     def _alive(self, labels: List[str]) -> Dict[str, Worker]:
         return {label: self.workers[label] for label in labels if label in self.workers and self.workers[label].alive}
@@ -153,102 +148,46 @@ class Bench:
             peak_times += measured.pop(PEAK, [])
             rows += [{"backend": label, "batch": batch, **summarize(times, self.flops_per_image * batch)}
                      for label, times in measured.items()]
-        peak = summarize(peak_times, 2 * MATMUL_SIZE ** 3) if peak_times else None
-        self.result["peak"] = {"size": MATMUL_SIZE, "engine": "onnxruntime MatMul (MLAS)", **(peak or {})}
+        peak = summarize(peak_times, 2 * MATMUL_SIZE ** 3) if peak_times else {}
+        self.result["peak"] = {"size": MATMUL_SIZE, "engine": "onnxruntime MatMul (MLAS)", **peak}
         for row in rows:
-            row["peak_fraction_best"] = row["gflops_best"] / peak["gflops_best"] if peak else None
-            row["peak_fraction_median"] = row["gflops_median"] / peak["gflops_median"] if peak else None
-            first = next(r for r in rows if r["batch"] == row["batch"])
-            row["vs_first"] = row["median_s"] / first["median_s"]
+            for stat in ("best", "median"):
+                row[f"peak_fraction_{stat}"] = row[f"gflops_{stat}"] / peak[f"gflops_{stat}"] if peak else None
+            row["vs_first"] = row["median_s"] / next(r for r in rows if r["batch"] == row["batch"])["median_s"]
         self.result["unet"] = rows
 
     def _agreement(self) -> None:
         """Every engine's output on the same inputs against the first engine's (the export gate's measures)."""
-        import numpy as np
-
-        from ..export.gate import compare
-
         outputs = {}
         for label, worker in self._alive(self.unet_labels).items():
             try:
-                outputs[label] = np.load(worker.ask("output", batch=AGREEMENT_BATCH,
-                                                    path=str(self.s.work / f"eps-{len(outputs)}.npy"))["path"],
-                                         allow_pickle=False)
+                path = worker.ask("output", batch=AGREEMENT_BATCH, path=str(self.s.work / f"eps-{len(outputs)}.npy"))
+                outputs[label] = np.load(path["path"], allow_pickle=False)
             except WorkerFailed as exc:
                 self.errors[f"{label} (output)"] = str(exc)
         reference = next(iter(outputs.values()), None)
         self.result["agreement"] = {label: compare(reference, eps) for label, eps in outputs.items()}
 
     def _end_to_end(self) -> None:
-        runs, n, timesteps = [], self.s.e2e_images, self.manifest.timesteps
-        runtime = next(iter(self._alive(self.unet_labels[:1]).items()), None)
-        for name, steps in E2E_RUNS if runtime else ():
-            steps = min(steps, timesteps)
-            self.log(f"end to end: {n} images, {name}-{steps} ({runtime[0]}) ...")
+        """`Sampler.sample` per scheduler on the first engine, against the time spent in its U-Net calls."""
+        runs, n = [], self.s.e2e_images
+        engine, worker = next(iter(self._alive(self.unet_labels[:1]).items()), (None, None))
+        for name, steps in E2E_RUNS if worker else ():
+            steps = min(steps, self.manifest.timesteps)
+            self.log(f"end to end: {n} images, {name}-{steps} ({engine}) ...")
             try:
-                runs.append({"path": f"runtime ({runtime[0]})", "scheduler": name, "steps": steps,
-                             "extrapolated": False, **runtime[1].ask("sample", n=n, scheduler=name, steps=steps)})
+                runs.append({"scheduler": name, "steps": steps, **worker.ask("sample", n=n, scheduler=name, steps=steps)})
             except WorkerFailed as exc:
                 self.errors[f"end to end {name}-{steps}"] = str(exc)
-        reference = next(iter(self._alive(self._of_kind("mindspore")).items()), None)
-        if reference:
-            probe = 3 if self.s.quick else 6
-            self.log(f"end to end: MindSpore reference DDPM ({probe} of {timesteps} steps, extrapolated) ...")
-            try:
-                steps = reference[1].ask("reference", n=n, steps=probe)["times"][1:]  # the first step compiles
-                runs.append({"path": f"MindSpore reference (graph mode, {reference[0].split()[-1]})",
-                             "scheduler": "ddpm", "steps": timesteps, "extrapolated": True,
-                             "seconds": statistics.median(steps) * timesteps, "measured_steps": len(steps)})
-            except WorkerFailed as exc:
-                self.errors["MindSpore reference"] = str(exc)
-        base = next((r["seconds"] for r in runs if r["scheduler"] == "ddpm" and not r["extrapolated"]), None)
+        ddpm = next((r["seconds"] for r in runs if r["scheduler"] == "ddpm"), None)
         for run in runs:
-            run["vs_runtime_ddpm"] = run["seconds"] / base if base else None
-        self.result["end_to_end"] = {"images": n, "runs": runs}
-
-    def _training(self) -> None:
-        workers = self._alive(self._of_kind("mindspore"))
-        if not workers:
-            return
-        self.log(f"MindSpore train step at batch {TRAIN_BATCH} ({', '.join(workers)}; in turn) ...")
-        measured = rotate(workers, "train", {"batch": TRAIN_BATCH}, max(3, self.s.repeats // 2), 2 * self.s.budget_s,
-                          self.errors)
-        rows = [{"isa": label.split()[-1], "batch": TRAIN_BATCH, **summarize(times)} for label, times in measured.items()]
-        capped = next((r for r in rows if r["isa"] == "AVX2"), None)
-        for row in rows:
-            row["slowdown_vs_avx2"] = row["median_s"] / capped["median_s"] if capped else None
-        self.result["training"] = rows
-
-    def _cold_start(self) -> None:
-        """The app runtime's start-up (MindSpore's own import takes seconds: not timed here)."""
-        rows = []
-        for label in self.unet_labels:
-            spec = self.rows[label][0]
-            if spec["kind"] not in BACKENDS or spec["kind"] == "mindspore":
-                continue
-            self.log(f"cold start: {label} (fresh processes) ...")
-            try:
-                samples = [_cold_start_once(spec) for _ in range(3)]
-            except ToolkitError as exc:
-                self.errors[f"cold start {label}"] = str(exc)
-                continue
-            rows.append({"backend": label, "runs": len(samples),
-                         **{key: statistics.median(s[key] for s in samples) for key in samples[0]}})
-        self.result["cold_start"] = rows
-
-
-def _cold_start_once(spec: Dict[str, Any]) -> Dict[str, float]:
-    began = time.perf_counter()
-    times = run_child("bench.worker", json.dumps({**spec, "cold_start": True}), what="cold start")
-    return {**times, "process_s": time.perf_counter() - began}
+            run["vs_ddpm"] = run["seconds"] / ddpm if ddpm else None
+        self.result["end_to_end"] = {"images": n, "engine": engine, "runs": runs}
 
 
 def run_bench(settings: BenchSettings, out: Path, log: Log, command: str) -> Dict[str, Any]:
     """Run everything; write OUT.json and OUT.md (`out` without suffix, absolute). Returns the result."""
-    from .report import render_markdown
-
-    result = Bench(settings, log).run()
-    result["command"] = command
+    result = {**Bench(settings, log).run(), "command": command}
     write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     write_text_atomic(out.with_suffix(".md"), render_markdown(result))
     log(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} ({result['duration_s']:.0f} s)")

@@ -1,16 +1,16 @@
 """Make the models a bench run times: a checkpoint (given, or an untrained one built here) exported to
 the formats asked for. Imports MindSpore, so the bench runs it as a child process:
 
-    python -m ms_ddpm.bench.prepare WORK FORMATS [--checkpoint CKPT] [--tiny]
+    python -m ms_ddpm.bench.prepare '{"work": "/abs/work", "formats": ["onnx"], "checkpoint": null, "tiny": true}'
 
-Replies with the checkpoint and a list of artifacts ({format, graph, path}); an export that fails
+Answers with the checkpoint and a list of artifacts ({format, graph, path}); an export that fails
 (e.g. no Lite bridge built) is reported with its error, the others are still made. The ONNX comes
 twice: the optimised graph (the export's default) and the plain one (`--no-optimize`). The numeric
-gate is skipped: latency does not depend on it (`cli.py verify` does).
+gate is skipped: latency does not depend on it (`ms-ddpm verify` does).
 """
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -20,15 +20,9 @@ from ..runtime.errors import first_line, run_main
 
 from .harness import reply
 
-GRAPHS = {"onnx": {"optimized": {"optimize": True}, "plain": {"optimize": False}}}  # format -> graph -> options
 
-
-def tiny_bench_config() -> Config:
-    """An 8x8 U-Net of a few thousand parameters with the tutorial's T=200, for `bench --quick`."""
-    return Config(model=ModelConfig(image_size=8, channels=1, dim=8, dim_mults=(1, 2)))
-
-
-def prepare(work: Path, formats: List[str], checkpoint: Optional[Path], tiny: bool) -> Dict[str, Any]:
+def prepare(work: str, formats: List[str], checkpoint: Optional[str], tiny: bool) -> Dict[str, Any]:
+    """Export `checkpoint` (None: an untrained tutorial-size U-Net, or an 8x8 one if `tiny`) to `formats` in `work`."""
     from ..train import prepare_mindspore
 
     prepare_mindspore()
@@ -41,14 +35,14 @@ def prepare(work: Path, formats: List[str], checkpoint: Optional[Path], tiny: bo
 
     if checkpoint is None:
         ms.set_seed(0)
-        config = tiny_bench_config() if tiny else Config()
-        checkpoint = save_checkpoint(work / "untrained.ckpt", config, step=0, net=build_unet(config.model))
+        config = Config(model=ModelConfig(image_size=8, channels=1, dim=8, dim_mults=(1, 2))) if tiny else Config()
+        checkpoint = save_checkpoint(Path(work) / "untrained.ckpt", config, step=0, net=build_unet(config.model))
     result: Dict[str, Any] = {"checkpoint": str(resolve_checkpoint_path(checkpoint)), "artifacts": [], "errors": {}}
     for fmt in formats:
-        for graph, options in GRAPHS.get(fmt, {None: {}}).items():
-            out = work / f"unet{'-' + graph if graph else ''}{format_module(fmt).SUFFIX}"
+        for graph, optimize in ({"optimized": True, "plain": False} if fmt == "onnx" else {None: True}).items():
+            out = Path(work) / f"unet{'-' + graph if graph else ''}{format_module(fmt).SUFFIX}"
             try:
-                export_checkpoint(Path(result["checkpoint"]), ExportRequest(format=fmt, out=out, gate=None, **options),
+                export_checkpoint(Path(result["checkpoint"]), ExportRequest(fmt, out, gate=None, optimize=optimize),
                                   log=lambda line: print(line, file=sys.stderr))
                 result["artifacts"].append({"format": fmt, "graph": graph, "path": str(out)})
             except Exception as exc:  # a format that cannot be made here is reported, not fatal
@@ -56,15 +50,5 @@ def prepare(work: Path, formats: List[str], checkpoint: Optional[Path], tiny: bo
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m ms_ddpm.bench.prepare")
-    parser.add_argument("work", type=Path)
-    parser.add_argument("formats")
-    parser.add_argument("--checkpoint", type=Path)
-    parser.add_argument("--tiny", action="store_true")
-    args = parser.parse_args()
-    reply(prepare(args.work, args.formats.split(","), args.checkpoint, args.tiny))
-
-
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: reply(prepare(**json.loads(sys.argv[1]))))

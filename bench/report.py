@@ -1,76 +1,67 @@
 """The bench result (bench/latency.py's dict) as Markdown. Re-render one: python -m ms_ddpm.bench.report R.json"""
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 SCHEDULER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}
 
 
-def table(header: Sequence[str], rows: List[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]) + "\n"
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table."""
+    return "".join("| " + " | ".join(map(str, row)) + " |\n" for row in [header, ["---"] * len(header), *rows])
 
 
-def _f(value: Optional[float], digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def number(value: Optional[float], digits: int = 2, scale: float = 1, unit: str = "") -> str:
+    """`value` x `scale` with `digits` decimals and `unit`; "n/a" for None."""
+    return "n/a" if value is None else f"{value * scale:.{digits}f}{unit}"
 
 
-def _pct(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{100 * value:.0f}%"
+def percent(value: Optional[float]) -> str:
+    return number(value, 0, 100, "%")
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f}" if seconds < 10 else f"{seconds * 1e3:.0f}"
-
-
-def _row(result: Dict[str, Any], prefix: str, batch: int) -> Optional[Dict[str, Any]]:
-    return next((r for r in result.get("unet", []) if r["backend"].startswith(prefix) and r["batch"] == batch), None)
+def milliseconds(seconds: float) -> str:
+    return number(seconds, 1 if seconds < 10 else 0, 1e3)
 
 
 def targets(result: Dict[str, Any]) -> List[List[str]]:
-    """Issue 14's targets, each measured in this run: [target, measured, met/missed]."""
+    """Issue 14's targets that this run measured: [target, measured, met/missed]."""
+    def unet(prefix: str, batch: int) -> Optional[Dict[str, Any]]:
+        return next((r for r in result["unet"] if r["backend"].startswith(prefix) and r["batch"] == batch), None)
+
     rows = []
-
-    def add(target: str, measured: str, met: bool) -> None:
-        rows.append([target, measured, "met" if met else "missed"])
-
-    ort = _row(result, "onnxruntime", 64)
+    ort = unet("onnxruntime", 64)
     if ort and ort["peak_fraction_best"] is not None:
-        add("onnxruntime U-Net >= 60% of the fp32 MatMul peak at batch 64", f"{ort['backend']}: "
-            f"{_pct(ort['peak_fraction_best'])} (median {_pct(ort['peak_fraction_median'])})",
-            ort["peak_fraction_best"] >= 0.6)
-    optimized, plain = _row(result, "onnxruntime (optimized", 1), _row(result, "onnxruntime (plain", 1)
+        rows.append(["onnxruntime U-Net >= 60% of the fp32 MatMul peak at batch 64", f"{ort['backend']}: "
+                     f"{percent(ort['peak_fraction_best'])} (median {percent(ort['peak_fraction_median'])})",
+                     ort["peak_fraction_best"] >= 0.6])
+    optimized, plain = unet("onnxruntime (optimized", 1), unet("onnxruntime (plain", 1)
     if optimized and plain:
         speedup = plain["median_s"] / optimized["median_s"]
-        add("optimised graph >= 1.3x faster than the plain one at batch 1", f"{speedup:.2f}x", speedup >= 1.3)
-    runs = result.get("end_to_end", {}).get("runs", [])
-    dpm = next((r for r in runs if (r["scheduler"], r["steps"], r["extrapolated"]) == ("dpmpp", 20, False)), None)
+        rows.append(["optimised graph >= 1.3x faster than the plain one at batch 1", f"{speedup:.2f}x", speedup >= 1.3])
+    dpm = next((r for r in result["end_to_end"]["runs"] if (r["scheduler"], r["steps"]) == ("dpmpp", 20)), None)
     if dpm:
-        add("DPM-Solver++-20 within 1.1x of its 20 U-Net calls", f"{dpm['seconds'] / dpm['unet_s']:.3f}x",
-            dpm["seconds"] <= 1.1 * dpm["unet_s"])
-    for batch in result.get("settings", {}).get("batches", ()):
-        ort, peer = _row(result, "onnxruntime", batch), _row(result, "openvino", batch)
+        rows.append(["DPM-Solver++-20 within 1.1x of its 20 U-Net calls", f"{dpm['seconds'] / dpm['unet_s']:.3f}x",
+                     dpm["seconds"] <= 1.1 * dpm["unet_s"]])
+    for batch in result["settings"]["batches"]:
+        ort, peer = unet("onnxruntime", batch), unet("openvino", batch)
         if ort and peer:
-            add(f"onnxruntime ahead of OpenVINO at batch {batch}", f"{ort['median_s'] / peer['median_s']:.2f}x "
-                "OpenVINO's time", ort["median_s"] <= peer["median_s"])
-    slow = next((r for r in result.get("training", []) if r["isa"] == "ALL"), None)
-    if slow and slow.get("slowdown_vs_avx2"):
-        add("MindSpore train step >= 10x faster with the oneDNN AVX2 cap", f"{slow['slowdown_vs_avx2']:.1f}x",
-            slow["slowdown_vs_avx2"] >= 10)
-    return rows
+            rows.append([f"onnxruntime ahead of OpenVINO at batch {batch}",
+                         f"{ort['median_s'] / peer['median_s']:.2f}x OpenVINO's time", ort["median_s"] <= peer["median_s"]])
+    return [[target, measured, "met" if met else "missed"] for target, measured, met in rows]
 
 
 def _header(result: Dict[str, Any]) -> List[str]:
-    m, model, peak = result["machine"], result["model"], result["peak"]
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    cfg = model["config"]
+    m, model, peak, cfg = result["machine"], result["model"], result["peak"], result["model"]["config"]
     peak_text = (f"**{peak['gflops_best']:.0f} GFLOP/s** best, {peak['gflops_median']:.0f} median over {peak['n']} calls"
                  if "n" in peak else "**not measured** (see Not measured); *% of peak* is n/a")
     return [f"# Benchmark results\n\nGenerated by `{result.get('command') or 'cli.py bench'}` on "
             f"{result['started']}; the run took {result['duration_s']:.0f} s. Load average "
             f"(1/5/15 min) at start {result['load_average_start']}, at end {result['load_average_end']}.\n",
             f"**CPU**: {m['cpu']}, {m['cpus']} cores; flags: {', '.join(m['isa']) or 'none of note'}; {m['platform']}, "
-            f"Python {m['python']}; {versions}.\n",
+            f"Python {m['python']}; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.\n",
             f"**Model**: U-Net {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, dim {cfg['dim']}, dim_mults "
             f"{cfg['dim_mults']}, T={model['timesteps']}; {model['gflop_per_image']:.3f} GFLOP per image (Conv, "
             f"ConvTranspose, MatMul, Gemm of the exported ONNX). Checkpoint: `{result['models']['checkpoint']}`.\n",
@@ -81,67 +72,45 @@ def _header(result: Dict[str, Any]) -> List[str]:
 
 def _unet(result: Dict[str, Any]) -> List[str]:
     first = result["unet"][0]["backend"] if result["unet"] else "the first engine"
-    rows = [[r["backend"], r["batch"], r["n"], _ms(r["median_s"]), _ms(r["min_s"]), _f(r["gflops_median"], 1),
-             _f(r["gflops_best"], 1), f"{_pct(r['peak_fraction_best'])} ({_pct(r['peak_fraction_median'])})",
-             _f(r["vs_first"])] for r in result["unet"]]
+    rows = [[r["backend"], r["batch"], r["n"], milliseconds(r["median_s"]), milliseconds(r["min_s"]),
+             number(r["gflops_median"], 1), number(r["gflops_best"], 1),
+             f"{percent(r['peak_fraction_best'])} ({percent(r['peak_fraction_median'])})", number(r["vs_first"])]
+            for r in result["unet"]]
     rows += [[label, "-", 0, why, *["n/a"] * 5] for label, why in result["missing"].items()]
-    agreement = [[label, _f(a.get("max_abs"), 7), _f(a.get("cosine"), 7), a.get("error", "")]
-                 for label, a in result.get("agreement", {}).items()]
+    agreement = [[label, number(a.get("max_abs"), 7), number(a.get("cosine"), 7), a.get("error", "")]
+                 for label, a in result["agreement"].items()]
     return ["\n## U-Net, one call\n\nEngines timed in turn, one call each, in one run; median and min over the calls "
             f"(a slow engine gets fewer: see n). *x first* is median time over {first}'s at the same batch.\n",
             table(["backend", "batch", "n", "median ms", "min ms", "GFLOP/s median", "GFLOP/s best", "% of peak",
                    "x first"], rows),
             "\nSession creation in the workers (side by side, so they overlap), s: "
-            + ", ".join(f"{k} {_f(v)}" for k, v in result["open_s"].items()) + ".\n",
+            + ", ".join(f"{k} {number(v)}" for k, v in result["open_s"].items()) + ".\n",
             f"\nAgreement with {first} on the same batch of 4 (the export gate's measures):\n",
             table(["backend", "max abs", "cosine", "error"], agreement)]
 
 
 def _end_to_end(e2e: Dict[str, Any]) -> List[str]:
-    rows = [[r["path"], f"{SCHEDULER_NAMES[r['scheduler']]}-{r['steps']}", _f(r["seconds"]), _f(r.get("unet_s")),
-             _f(r["seconds"] / r["unet_s"], 3) if r.get("unet_s") else "n/a", _f(r["vs_runtime_ddpm"], 3),
-             f"extrapolated: median of {r['measured_steps']} steps x {r['steps']} (first, compiling, step excluded)"
-             if r["extrapolated"] else "measured"] for r in e2e["runs"]]
-    return [f"\n## End to end: {e2e['images']} images\n\nOne run each, batch {e2e['images']} per U-Net call; *U-Net s* is "
-            "the time spent inside the U-Net calls of that run, *x U-Net* the whole run over it.\n",
-            table(["path", "sampler", "seconds", "U-Net s", "x U-Net", "x runtime DDPM", "note"], rows)]
-
-
-def _training(rows: List[Dict[str, Any]]) -> List[str]:
-    return [f"\n## MindSpore training step\n\nThe toolkit's jit `TrainStep` at batch {rows[0]['batch']}, same model; "
-            "two processes that differ only in ONEDNN_MAX_CPU_ISA, stepped in turn; the first (compiling) step "
-            "excluded.\n",
-            table(["oneDNN ISA cap", "n", "median s/step", "min s/step", "x AVX2"],
-                  [[r["isa"], r["n"], _f(r["median_s"], 3), _f(r["min_s"], 3), _f(r["slowdown_vs_avx2"], 1)]
-                   for r in rows])]
-
-
-def _cold_start(rows: List[Dict[str, Any]]) -> List[str]:
-    return ["\n## Cold start\n\nA fresh process: import the runtime, `Sampler.load` (session creation), one batch-1 "
-            "call; median of 3. *Process* is the wall time of the whole child, interpreter start included.\n",
-            table(["backend", "import s", "session s", "first call s", "process s"],
-                  [[r["backend"], *(_f(r[k], 3) for k in ("import_s", "open_s", "first_call_s", "process_s"))]
-                   for r in rows])]
+    rows = [[f"{SCHEDULER_NAMES[r['scheduler']]}-{r['steps']}", number(r["seconds"]), number(r["unet_s"]),
+             number(r["seconds"] / r["unet_s"], 3), number(r["vs_ddpm"], 3)] for r in e2e["runs"]]
+    return [f"\n## End to end: {e2e['images']} images\n\n`Sampler.sample` on {e2e['engine']}, one run each, batch "
+            f"{e2e['images']} per U-Net call; *U-Net s* is the time spent inside the U-Net calls of that run, *x U-Net* "
+            "the whole run over it, *x DDPM* the run over the DDPM run's time.\n",
+            table(["sampler", "seconds", "U-Net s", "x U-Net", "x DDPM"], rows)]
 
 
 def render_markdown(result: Dict[str, Any]) -> str:
+    """The whole report: machine, model and peak, targets, U-Net calls and agreement, end to end, errors."""
     out = _header(result)
     if targets(result):
         out += ["## Targets\n", table(["target", "measured", "status"], targets(result))]
     out += _unet(result)
     if result["end_to_end"]["runs"]:
         out += _end_to_end(result["end_to_end"])
-    if result.get("training"):
-        out += _training(result["training"])
-    if result["cold_start"]:
-        out += _cold_start(result["cold_start"])
     if result["errors"]:
         out += ["\n## Not measured\n\n"] + [f"- {k}: {v}\n" for k, v in result["errors"].items()]
     return "\n".join(out)
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
-    sys.stdout.write(render_markdown(json.loads(open(sys.argv[1]).read())))
+    with open(sys.argv[1]) as handle:
+        sys.stdout.write(render_markdown(json.load(handle)))

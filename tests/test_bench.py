@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO, assert_clean_error, run_cli
 
-SECTIONS = ("## Targets", "## U-Net, one call", "## End to end: 4 images", "## MindSpore training step", "## Cold start")
+SECTIONS = ("## Targets", "## U-Net, one call", "## End to end: 4 images")
 
 
 def _tables(markdown: str):
@@ -39,7 +39,7 @@ def test_bench_quick_writes_a_well_formed_table(quick_bench):
     for section in SECTIONS:
         assert section in markdown, section
     tables = _tables(markdown)
-    assert len(tables) >= 5
+    assert len(tables) >= 4  # targets, U-Net, agreement, end to end
     for table in tables:
         assert re.fullmatch(r"(---\|?)+", "|".join(table[1])), table[1]  # the separator row
         assert all(len(row) == len(table[0]) for row in table), table
@@ -63,12 +63,9 @@ def test_bench_quick_json_has_every_measurement(quick_bench):
         assert 0 < row["peak_fraction_best"]
     assert all(a["max_abs"] < 1e-3 and a["cosine"] > 0.9999 for a in result["agreement"].values())
     runs = result["end_to_end"]["runs"]
-    assert [(r["scheduler"], r["steps"]) for r in runs if not r["extrapolated"]] == \
+    assert [(r["scheduler"], r["steps"]) for r in runs] == \
         [("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10)]
-    assert all(0 < r["unet_s"] < r["seconds"] for r in runs if not r["extrapolated"])
-    assert any(r["extrapolated"] and r["path"].startswith("MindSpore reference") for r in runs)
-    assert {row["isa"] for row in result["training"]} == {"AVX2", "ALL"}
-    assert result["cold_start"][0]["backend"].startswith("onnxruntime")
+    assert all(0 < r["unet_s"] < r["seconds"] for r in runs)
     assert result["duration_s"] > 0 and result["load_average_start"] is not None
 
 
