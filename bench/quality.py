@@ -135,7 +135,7 @@ def paired_differences(features: Sequence[np.ndarray], reference: FeatureStats, 
                        seed: int = 0) -> List[Difference]:
     """FD(set) - FD(baseline set) for every set, with a percentile bootstrap interval.
 
-    Paired (image i of every set comes from the same x_T and step noise): each resampling draws one set of
+    Paired (image i of every set comes from the same x_T and noise path): each resampling draws one set of
     image indices for all sets, so what the sets share cancels in the difference. Unpaired: each set is
     resampled on its own indices."""
     sizes = {len(f) for f in features}

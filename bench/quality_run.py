@@ -12,16 +12,17 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..runtime.errors import ToolkitError
 from ..runtime.files import write_text_atomic
-from ..runtime.images import save_grid
+from ..runtime.images import save_grid, to_uint8
 from ..runtime.manifest import Manifest, manifest_path_for
+from ..runtime.pipeline import Sampler
 from ..runtime.processes import run_module
-from ..runtime.schedulers import DEFAULT_SPACING, SCHEDULERS, SPACINGS
+from ..runtime.schedulers import DEFAULT_SPACING, SCHEDULERS, SPACINGS, brownian_coupling
 
 from .harness import load_average
 from .quality import FeatureModel, FeatureStats, class_histogram, classifier_score, evaluate, frechet_distance, \
@@ -100,6 +101,12 @@ def _classifier(work: Path, data: str, image_size: int, hflip: bool, steps: int,
     return path
 
 
+def _brownian_path(sampler: Sampler, n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """x_T and the T-step DDPM chain's step noise (T - 1, n, C, H, W) of a seed: the path every paired row follows."""
+    x_T, step_noise = sampler.draw_noise(n, sampler.tables.timesteps - 1, seed)
+    return x_T, np.stack(list(step_noise))
+
+
 def _with_mirrors(images: np.ndarray, hflip: bool) -> np.ndarray:
     return np.concatenate([images, images[:, :, ::-1]]) if hflip else images
 
@@ -109,9 +116,7 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 1000, seeds
                 classifier: Optional[Path] = None, classifier_steps: int = 800, threads: Optional[int] = None,
                 log: Log = print, command: str = "") -> Dict[str, Any]:
     """Sample, score and write OUT.json, OUT.md and a picture per row in OUT/ (`out`: absolute, without suffix).
-    Differences are to the first row; paired: every row samples from the same seeds (the same x_T and step noise)."""
-    from ..runtime.pipeline import Sampler
-
+    Differences are to the first row; paired: every row follows each seed's x_T and Brownian path (`brownian_coupling`)."""
     began = time.perf_counter()
     onnx_path = work / "unet.onnx"
     log(f"exporting {checkpoint} to ONNX (with the numeric gate) ...")
@@ -141,16 +146,22 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 1000, seeds
         {"name": "noise (clipped Gaussian)", **evaluate(
             model, np.clip((noise + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8), reference, classes)}]
     sampler = Sampler.load(onnx_path, threads=threads)
+    paths = {seed: _brownian_path(sampler, n, seed) for seed in seeds} if paired else {}
     out.mkdir(parents=True, exist_ok=True)
     results, features = [], []
     for k, row in enumerate(rows):
         logits, feats, seconds = [], [], 0.0
+        scheduler = sampler.scheduler(row.scheduler, row.steps, eta=row.eta, spacing=row.spacing, clip_x0=row.clip_x0)
+        coupling = brownian_coupling(scheduler.table(), sampler.tables)
         for seed in seeds:
             seed = seed if paired else seed + 1000 * k
             log(f"sampling {n} images: {row.label}, seed {seed} ...")
             started = time.perf_counter()
-            samples = sampler.sample(n, row.scheduler, row.steps, seed=seed, eta=row.eta, spacing=row.spacing,
-                                     clip_x0=row.clip_x0)
+            if paired:
+                x_T, fine = paths[seed]
+                samples = to_uint8(sampler.denoise(scheduler, x_T, (np.tensordot(w, fine, 1) for w in coupling)))
+            else:
+                samples = sampler.sample(n, scheduler, seed=seed)
             seconds += time.perf_counter() - started
             part = model(samples)
             logits.append(part[0])
@@ -231,7 +242,7 @@ def render_quality(result: Dict[str, Any]) -> str:
              f"**test accuracy {100 * info.get('test_accuracy', 0):.1f}%**), run on onnxruntime. FD: Fréchet distance "
              f"between the features of each row's {base['n']} samples ({result['n']} per seed, seeds "
              f"{', '.join(map(str, result['seeds']))}) and of the {result['reference_images']} reference images. "
-             f"Differences to {base['name']}: {'paired (every row from the same x_T and step noise; each of' if result['paired'] else 'unpaired (each row from its own seeds; each of'} "
+             f"Differences to {base['name']}: {'paired (every row from the same x_T and Brownian path: its step noise is built from the T-step chain s by `brownian_coupling`; each of' if result['paired'] else 'unpaired (each row from its own seeds; each of'} "
              f"{result['resamples']} bootstrap resamplings {'draws one set of image indices for all rows' if result['paired'] else 'resamples each row on its own'}), "
              "95% percentile interval. Score: exp(E KL(p(y|x) || p(y))), 10 at best.\n",
              table(head, body),

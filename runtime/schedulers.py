@@ -353,3 +353,30 @@ def make_scheduler(name: str, tables: ScheduleTables, steps: Optional[int] = Non
     if steps is None:
         steps = min(DEFAULT_STEPS[name] or tables.timesteps, tables.timesteps)
     return scheduler.set_timesteps(steps)
+
+
+def brownian_coupling(table: StepTable, tables: ScheduleTables) -> np.ndarray:
+    """(table.noise_steps, T - 1) weights that build each stochastic step's z from the step noise of the full
+    T-step DDPM chain (column k: that chain's z number k, at timestep T-1-k), so that runs with any step count
+    follow one Brownian path: `z_i = weights[i] @ fine_z`. Row i spans the fine steps from its timestep down to
+    the next one, each fine z weighted by its standard deviation carried to the end of the span (the posterior
+    mean's coefficient of x at every fine step after it), and has unit norm. The spans are disjoint, so the z_i
+    are still independent N(0, I): each run alone samples as with fresh noise, and runs sharing a path differ
+    only by their discretisation (common random numbers for comparing samplers). The T-step DDPM chain gets
+    the identity."""
+    abar = tables.alphas_cumprod
+    abar_prev = tables.alphas_cumprod_prev
+    sigma = np.sqrt(tables.posterior_variance)  # 0 at t = 0, which lands on clean data
+    carry = np.sqrt(abar / abar_prev) * (1.0 - abar_prev) / (1.0 - abar)  # x_t's weight in the posterior mean
+    last = tables.timesteps - 1
+    ends = np.append(table.timesteps[1:], -1)  # the timestep each step lands on (-1: clean data)
+    weights = np.zeros((table.noise_steps, last))
+    for i in range(table.noise_steps):
+        for t in range(int(ends[i]) + 1, int(table.timesteps[i]) + 1):  # fine steps t -> t-1 inside the span
+            if t > 0:
+                weights[i, last - t] = sigma[t] * np.prod(carry[ends[i] + 1:t])
+        norm = np.linalg.norm(weights[i])
+        if norm == 0.0:
+            raise ValueError(f"step {i} is stochastic but spans no noisy step of the T-step chain")
+        weights[i] /= norm
+    return weights
