@@ -36,6 +36,13 @@ def _outputs(out: Path) -> Path:
     return out
 
 
+def _check_minimums(**values: Tuple[Optional[int], int]) -> None:
+    """Each option's (value, minimum); a value of None was not given."""
+    for name, (value, minimum) in values.items():
+        if value is not None and value < minimum:
+            raise ToolkitError(f"--{name} must be >= {minimum}, got {value}")
+
+
 def _ints(text: str, option: str, minimum: int = 1) -> Tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
@@ -90,9 +97,7 @@ def bench(
     engines = tuple(b.strip() for b in backends.split(",") if b.strip())
     if not engines or set(engines) - set(ENGINES):
         raise ToolkitError(f"--backends takes {', '.join(ENGINES)}; got {backends!r}")
-    for name, value in (("threads", threads), ("images", images), ("repeats", repeats)):
-        if value is not None and value < 1:
-            raise ToolkitError(f"--{name} must be >= 1, got {value}")
+    _check_minimums(threads=(threads, 1), images=(images, 1), repeats=(repeats, 1))
     batch_sizes = _ints(batches, "--batches")
     out = _outputs(out)
     checkpoint, work = _absolute(checkpoint, "checkpoint"), _absolute(work)
@@ -130,9 +135,7 @@ def quality(
     the first row with a bootstrap interval, score, class histogram, a picture per row."""
     from .quality_run import DEFAULT_ROWS, parse_rows, run_quality
 
-    for name, value, minimum in (("n", n, 2), ("resamples", resamples, 10)):
-        if value < minimum:
-            raise ToolkitError(f"--{name} must be >= {minimum}, got {value}")
+    _check_minimums(n=(n, 2), resamples=(resamples, 10))
     row_specs = parse_rows(DEFAULT_ROWS if rows is None else rows)
     seed_values = _ints(seeds, "--seeds", minimum=0)
     out = _outputs(out)

@@ -5,56 +5,46 @@ count is exact for the exported U-Net (its reshapes are constants).
 """
 from __future__ import annotations
 
+from math import prod
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 import onnx
-from onnx import shape_inference
 
 
-def _shapes(model: onnx.ModelProto, batch: int) -> Dict[str, List[int]]:
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    for tensor in model.graph.input:
+def _static_shapes(model: onnx.ModelProto, batch: int) -> Dict[str, List[int]]:
+    """Every tensor's shape that shape inference pins down, with the inputs' symbolic batch axis set to `batch`."""
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    for tensor in pinned.graph.input:
         dims = tensor.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = batch
-    inferred = shape_inference.infer_shapes(model)
-    shapes = {}
-    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = info.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            shapes[info.name] = [d.dim_value for d in dims]
-    for init in inferred.graph.initializer:
-        shapes[init.name] = list(init.dims)
-    return shapes
-
-
-def _node_flops(node: onnx.NodeProto, shapes: Dict[str, List[int]]) -> int:
-    def shape(index: int, output: bool = False) -> List[int]:
-        name = (node.output if output else node.input)[index]
-        if name not in shapes:
-            raise ValueError(f"no static shape for {name!r} (input of {node.op_type} {node.name!r})")
-        return shapes[name]
-
-    if node.op_type == "Conv":
-        weight = shape(1)  # (C_out, C_in / group, kh, kw)
-        return 2 * int(np.prod(shape(0, output=True))) * int(np.prod(weight[1:]))
-    if node.op_type == "ConvTranspose":
-        weight = shape(1)  # (C_in, C_out / group, kh, kw): every input pixel scatters into a kernel
-        return 2 * int(np.prod(shape(0))) * int(np.prod(weight[1:]))
-    if node.op_type == "MatMul":
-        return 2 * int(np.prod(shape(0, output=True))) * shape(0)[-1]
-    if node.op_type == "Gemm":
-        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-        a = shape(0)
-        return 2 * int(np.prod(shape(0, output=True))) * (a[0] if trans_a else a[1])
-    return 0
+    graph = onnx.shape_inference.infer_shapes(pinned).graph
+    shapes = {info.name: [d.dim_value for d in info.type.tensor_type.shape.dim]
+              for info in [*graph.input, *graph.value_info, *graph.output]
+              if all(d.HasField("dim_value") for d in info.type.tensor_type.shape.dim)}
+    return {**shapes, **{init.name: list(init.dims) for init in graph.initializer}}
 
 
 def count_flops(model: onnx.ModelProto | str | Path, batch: int = 1) -> int:
     """FLOPs of one forward pass at `batch` (2 per multiply-accumulate of Conv/ConvTranspose/MatMul/Gemm)."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
-    shapes = _shapes(model, batch)
-    return sum(_node_flops(node, shapes) for node in model.graph.node)
+    model = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    shapes, total = _static_shapes(model, batch), 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            continue
+        missing = [name for name in (*node.input[:2], node.output[0]) if name not in shapes]
+        if missing:
+            raise ValueError(f"no static shape for {missing[0]!r} (at {node.op_type} {node.name!r})")
+        (x, w), y = (shapes[name] for name in node.input[:2]), shapes[node.output[0]]
+        if node.op_type == "Conv":  # weight (C_out, C_in / group, kh, kw): a multiply-add per weight per output pixel
+            total += 2 * prod(y) * prod(w[1:])
+        elif node.op_type == "ConvTranspose":  # weight (C_in, C_out / group, kh, kw): every input scatters a kernel
+            total += 2 * prod(x) * prod(w[1:])
+        elif node.op_type == "MatMul":
+            total += 2 * prod(y) * x[-1]
+        else:  # Gemm: (M, K) x (K, N), or A transposed
+            transposed = any(a.name == "transA" and a.i for a in node.attribute)
+            total += 2 * prod(y) * x[0 if transposed else 1]
+    return total

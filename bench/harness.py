@@ -82,10 +82,6 @@ class Worker:
         self.send(op, **kwargs)
         return self.receive()
 
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.proc.stdin.close()  # the worker's loop ends at end of input
@@ -99,8 +95,8 @@ class Worker:
 def start_workers(specs: Dict[str, Tuple[Dict[str, Any], Dict[str, str]]], log_dir: Path,
                   errors: Dict[str, str]) -> Dict[str, Worker]:
     """Start every (spec, env) side by side; those that fail to open are reported in `errors` and left out."""
-    started, ready = {label: Worker(label, spec, env, log_dir) for label, (spec, env) in specs.items()}, {}
-    for label, worker in started.items():
+    ready = {}
+    for label, worker in [(label, Worker(label, spec, env, log_dir)) for label, (spec, env) in specs.items()]:
         try:
             worker.open_s = worker.receive()["open_s"]
             ready[label] = worker

@@ -2,9 +2,9 @@
 its U-Net calls, in one run; Markdown + JSON.
 
 This process only orchestrates (numpy, onnx for the FLOP count); every measurement runs in a worker
-(bench/harness.py). The rows are data: each runtime backend on each artifact of its format (two
-ONNX graphs where the exporter optimises), peer engines on the ONNX, and MindSpore twice, with and
-without the oneDNN AVX2 cap.
+(bench/harness.py). The rows are data: each runtime backend on each artifact of its format (two ONNX
+graphs where the exporter optimises), peer engines on the ONNX, and MindSpore with and without the
+oneDNN AVX2 cap.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def engine_rows(s: BenchSettings, artifacts: List[Dict[str, Any]], flags: Set[st
 
 
 class Bench:
-    """One run: prepare the models, start the workers, time them, close them; `run()` returns the result."""
+    """One run: make the models, start the workers, time them, close them; `run()` returns the result."""
 
     def __init__(self, settings: BenchSettings, log: Log):
         self.s, began = settings, time.perf_counter()
@@ -112,20 +112,18 @@ class Bench:
 
     def _prepare(self) -> None:
         self.log("preparing models (checkpoint -> exports) ...")
-        request = {"work": str(self.s.work), "formats": sorted({BACKENDS[e].format for e in self.s.engines
-                                                                 if e in BACKENDS} | {"onnx"}),
-                   "checkpoint": self.s.checkpoint and str(self.s.checkpoint), "tiny": self.s.quick}
-        prepared = next(replies(run_module("bench.prepare", json.dumps(request),
-                                           what="preparing the models").stdout.splitlines()))
-        self.errors.update(prepared["errors"])
-        self.result["models"] = prepared
-        onnx = next((a["path"] for a in prepared["artifacts"] if a["format"] == "onnx"), None)
+        formats = sorted({BACKENDS[e].format for e in self.s.engines if e in BACKENDS} | {"onnx"})
+        request = {"kind": "models", "work": str(self.s.work), "formats": formats, "tiny": self.s.quick,
+                   "checkpoint": self.s.checkpoint and str(self.s.checkpoint)}
+        models = next(replies(run_module("bench.worker", json.dumps(request), what="preparing the models").stdout
+                              .splitlines()))
+        self.errors.update(models["errors"])
+        onnx = next((a["path"] for a in models["artifacts"] if a["format"] == "onnx"), None)
         if onnx is None:
-            raise ToolkitError(f"could not export the model to ONNX: {prepared['errors'].get('export onnx')}")
-        self.flops_per_image = count_flops(onnx, 1)
-        self.manifest = Manifest.load(manifest_path_for(Path(onnx)))
-        self.result["model"] = {"config": self.manifest.config["model"], "timesteps": self.manifest.timesteps,
-                                "gflop_per_image": self.flops_per_image / 1e9}
+            raise ToolkitError(f"could not export the model to ONNX: {models['errors'].get('export onnx')}")
+        self.flops_per_image, self.manifest = count_flops(onnx, 1), Manifest.load(manifest_path_for(onnx))
+        self.result.update(models=models, model={"config": self.manifest.config["model"], "timesteps":
+                           self.manifest.timesteps, "gflop_per_image": self.flops_per_image / 1e9})
 
     def _start_workers(self) -> None:
         rows = engine_rows(self.s, self.result["models"]["artifacts"], cpu_flags() or set(), self.missing)
@@ -133,16 +131,17 @@ class Bench:
         self.log(f"starting workers: {', '.join(rows)} ...")
         self.workers = start_workers(rows, self.s.work, self.errors)
         self.missing.update({label: "failed (see Not measured)" for label in rows if label not in self.workers})
-        self.unet_labels = [label for label in self.workers if label != PEAK]
-        self.result["open_s"] = {label: self.workers[label].open_s for label in self.unet_labels}
+        self.result["open_s"] = {label: worker.open_s for label, worker in self.workers.items() if label != PEAK}
 
-    def _alive(self, labels: List[str]) -> Dict[str, Worker]:
-        return {label: self.workers[label] for label in labels if label in self.workers and self.workers[label].alive}
+    def _alive(self, peak: bool = False) -> Dict[str, Worker]:
+        """The workers still running: the U-Net engines, and the peak MatMul if `peak`."""
+        return {label: worker for label, worker in self.workers.items()
+                if (peak or label != PEAK) and worker.proc.poll() is None}
 
     def _unet_latency(self) -> None:
         rows, peak_times = [], []
         for batch in self.s.batches:
-            workers = self._alive(self.unet_labels + [PEAK])
+            workers = self._alive(peak=True)
             self.log(f"U-Net calls at batch {batch} ({', '.join(workers)}; in turn) ...")
             measured = rotate(workers, "time", {"batch": batch}, self.s.repeats, self.s.budget_s, self.errors)
             peak_times += measured.pop(PEAK, [])
@@ -159,10 +158,10 @@ class Bench:
     def _agreement(self) -> None:
         """Every engine's output on the same inputs against the first engine's (the export gate's measures)."""
         outputs = {}
-        for label, worker in self._alive(self.unet_labels).items():
+        for label, worker in self._alive().items():
             try:
-                path = worker.ask("output", batch=AGREEMENT_BATCH, path=str(self.s.work / f"eps-{len(outputs)}.npy"))
-                outputs[label] = np.load(path["path"], allow_pickle=False)
+                saved = worker.ask("output", batch=AGREEMENT_BATCH, path=str(self.s.work / f"eps-{len(outputs)}.npy"))
+                outputs[label] = np.load(saved["path"], allow_pickle=False)
             except WorkerFailed as exc:
                 self.errors[f"{label} (output)"] = str(exc)
         reference = next(iter(outputs.values()), None)
@@ -171,12 +170,13 @@ class Bench:
     def _end_to_end(self) -> None:
         """`Sampler.sample` per scheduler on the first engine, against the time spent in its U-Net calls."""
         runs, n = [], self.s.e2e_images
-        engine, worker = next(iter(self._alive(self.unet_labels[:1]).items()), (None, None))
+        engine, worker = next(iter(self._alive().items()), (None, None))
         for name, steps in E2E_RUNS if worker else ():
             steps = min(steps, self.manifest.timesteps)
             self.log(f"end to end: {n} images, {name}-{steps} ({engine}) ...")
             try:
-                runs.append({"scheduler": name, "steps": steps, **worker.ask("sample", n=n, scheduler=name, steps=steps)})
+                timed = worker.ask("sample", n=n, scheduler=name, steps=steps)
+                runs.append({"scheduler": name, "steps": steps, **timed})
             except WorkerFailed as exc:
                 self.errors[f"end to end {name}-{steps}"] = str(exc)
         ddpm = next((r["seconds"] for r in runs if r["scheduler"] == "ddpm"), None)

@@ -1,15 +1,13 @@
-"""A bench worker: one child process holding one engine, timing what the parent asks, one JSON
-command per stdin line (bench/harness.py starts it and reads its answers).
+"""The bench's child processes; the parent (bench/latency.py, through bench/harness.py) reads their answers.
 
+    python -m ms_ddpm.bench.worker '{"kind": "models", "work": "/abs", "formats": ["onnx"], "checkpoint": null, "tiny": true}'
     python -m ms_ddpm.bench.worker '{"kind": "onnxruntime", "artifact": "/abs/unet.onnx", "threads": 2}'
 
-Kinds: a runtime backend (`runtime.backends.BACKENDS`: onnxruntime, mslite, mindspore) on an artifact;
-`openvino` (a peer engine, not a runtime backend) on the ONNX artifact; `matmul`, one size x size
-float32 MatMul on onnxruntime, whose MLAS picks its kernels from the CPU: the fp32 peak.
-
-Commands ({"op": ..., ...}): time (calls, batch) -> seconds per call (calls=0: one untimed warm-up
-call); output (batch, path) -> eps saved as .npy; sample (n, scheduler, steps) -> seconds, and the
-part spent in U-Net calls.
+`models` exports a checkpoint to the formats asked for and exits (it imports MindSpore). Every other
+kind holds one engine and answers one JSON command per stdin line, {"op": method of `Worker`, ...}:
+a runtime backend (`runtime.backends.BACKENDS`) on an artifact; `openvino` (a peer engine) on the
+ONNX; `matmul`, one size x size float32 MatMul on onnxruntime, whose MLAS picks its kernels from the
+CPU: the fp32 peak.
 """
 from __future__ import annotations
 
@@ -17,15 +15,48 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..export.gate import gate_cases
 from ..runtime.backends import BACKENDS, Backend
+from ..runtime.config import Config, ModelConfig
 from ..runtime.errors import ToolkitError, first_line, run_main
 from ..runtime.pipeline import Sampler, load_artifact
 
 from .harness import onnx_session, reply
+
+
+def make_models(work: str, formats: List[str], checkpoint: Optional[str], tiny: bool) -> Dict[str, Any]:
+    """`checkpoint` (None: an untrained tutorial-size U-Net, 8x8 if `tiny`) exported to `formats` in `work`, the
+    ONNX twice (optimised and plain graph), without the numeric gate: {checkpoint, artifacts, errors}."""
+    from ..train import prepare_mindspore
+
+    prepare_mindspore()
+    import mindspore as ms
+
+    from ..export.formats import format_module
+    from ..export.pipeline import ExportRequest, export_checkpoint
+    from ..train.checkpoint import resolve_checkpoint_path, save_checkpoint
+    from ..train.model import build_unet
+
+    if checkpoint is None:
+        ms.set_seed(0)
+        config = Config(model=ModelConfig(image_size=8, channels=1, dim=8, dim_mults=(1, 2))) if tiny else Config()
+        checkpoint = save_checkpoint(Path(work) / "untrained.ckpt", config, step=0, net=build_unet(config.model))
+    result: Dict[str, Any] = {"checkpoint": str(resolve_checkpoint_path(checkpoint)), "artifacts": [], "errors": {}}
+    for fmt in formats:
+        for graph, optimize in ({"optimized": True, "plain": False} if fmt == "onnx" else {None: True}).items():
+            out = Path(work) / f"unet{'-' + graph if graph else ''}{format_module(fmt).SUFFIX}"
+            try:
+                export_checkpoint(Path(result["checkpoint"]), ExportRequest(fmt, out, gate=None, optimize=optimize),
+                                  log=lambda line: print(line, file=sys.stderr))
+                result["artifacts"].append({"format": fmt, "graph": graph, "path": str(out)})
+            except Exception as exc:  # a format that cannot be made here (e.g. no Lite bridge) is reported
+                result["errors"][f"export {fmt}"] = f"{type(exc).__name__}: {first_line(exc)}"
+    return result
 
 
 def open_openvino(artifact: str, threads: Optional[int]) -> Sampler:
@@ -52,63 +83,70 @@ def matmul_call(size: int, threads: Optional[int]) -> Callable[[], Any]:
     return lambda: session.run(None, {"a": a, "b": b})
 
 
+def timed(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Tuple[Any, float]:
+    """call(*args, **kwargs) and its seconds."""
+    began = time.perf_counter()
+    return call(*args, **kwargs), time.perf_counter() - began
+
+
 class Worker:
     """One engine: a Sampler on a U-Net artifact (`call` is its backend), or the peak MatMul."""
 
-    def __init__(self, spec: Dict[str, Any]):
-        kind, threads = spec["kind"], spec.get("threads")
+    def __init__(self, kind: str, artifact: str = "", size: int = 0, threads: Optional[int] = None):
         if kind == "matmul":
-            self.sampler, self.call = None, matmul_call(spec["size"], threads)
+            self.sampler, self.call = None, matmul_call(size, threads)
             return
-        self.sampler = Sampler.load(spec["artifact"], backend=kind, threads=threads) if kind in BACKENDS \
-            else open_openvino(spec["artifact"], threads)
+        self.sampler = Sampler.load(artifact, backend=kind, threads=threads) if kind in BACKENDS \
+            else open_openvino(artifact, threads)
         self.call = self.sampler.backend
 
     def _inputs(self, batch: int) -> tuple:
+        """The export gate's random (x, t) at `batch`; none for the MatMul."""
         if self.sampler is None:
             return ()
-        rng, manifest = np.random.default_rng(batch), self.sampler.manifest
-        x = rng.standard_normal((batch, *self.sampler.image_shape), dtype=np.float32)
-        return x, rng.integers(0, manifest.timesteps, batch).astype(manifest.inputs[1].dtype)
+        case = gate_cases(self.sampler.manifest.run_config, batch, (batch,))[0]
+        return case.x, case.t.astype(self.sampler.index_dtype)
 
     def time(self, calls: int, batch: int = 1) -> Dict[str, Any]:
-        args, times = self._inputs(batch), []
-        for _ in range(max(calls, 1)):
-            began = time.perf_counter()
-            self.call(*args)
-            times.append(time.perf_counter() - began)
-        return {"times": times[:calls]}
+        """Seconds of `calls` calls; calls=0: one untimed call (the warm-up)."""
+        args = self._inputs(batch)
+        return {"times": [timed(self.call, *args)[1] for _ in range(max(calls, 1))][:calls]}
 
     def output(self, batch: int, path: str) -> Dict[str, Any]:
+        """eps on the inputs of `batch`, saved as .npy at `path`."""
         np.save(path, self.call(*self._inputs(batch)))
         return {"path": path}
 
     def sample(self, n: int, scheduler: str, steps: int) -> Dict[str, Any]:
+        """Seconds of `Sampler.sample(n, scheduler, steps)`, and the part spent in its U-Net calls."""
         backend, spent = self.sampler.backend, []
 
         def timed_backend(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-            began = time.perf_counter()
-            eps = backend(x, t)
-            spent.append(time.perf_counter() - began)
+            eps, seconds = timed(backend, x, t)
+            spent.append(seconds)
             return eps
 
-        self.sampler.backend, began = timed_backend, time.perf_counter()
+        self.sampler.backend = timed_backend
         try:
-            self.sampler.sample(n, scheduler, steps, seed=0)
+            seconds = timed(self.sampler.sample, n, scheduler, steps)[1]
         finally:
             self.sampler.backend = backend
-        return {"seconds": time.perf_counter() - began, "unet_s": sum(spent), "unet_calls": len(spent)}
+        return {"seconds": seconds, "unet_s": sum(spent), "unet_calls": len(spent)}
 
 
 def main() -> None:
-    spec, began = json.loads(sys.argv[1]), time.perf_counter()
+    spec = json.loads(sys.argv[1])
+    kind = spec.pop("kind")
+    if kind == "models":
+        reply(make_models(**spec))
+        return
     try:
-        worker = Worker(spec)
+        worker, open_s = timed(Worker, kind, **spec)
     except ToolkitError:
         raise
     except Exception as exc:  # an engine that cannot open: one line for the parent's table
-        raise ToolkitError(f"cannot open {spec['kind']}: {type(exc).__name__}: {first_line(exc)}") from exc
-    reply({"open_s": time.perf_counter() - began})
+        raise ToolkitError(f"cannot open {kind}: {type(exc).__name__}: {first_line(exc)}") from exc
+    reply({"open_s": open_s})
     for line in sys.stdin:
         command = json.loads(line)
         try:

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO, assert_clean_error, run_cli
 
-SECTIONS = ("## Targets", "## U-Net, one call", "## End to end: 4 images")
+SECTIONS = ("## U-Net, one call", "## End to end: 4 images")
 
 
 def _tables(markdown: str):
@@ -39,7 +39,7 @@ def test_bench_quick_writes_a_well_formed_table(quick_bench):
     for section in SECTIONS:
         assert section in markdown, section
     tables = _tables(markdown)
-    assert len(tables) >= 4  # targets, U-Net, agreement, end to end
+    assert len(tables) == 3  # U-Net, agreement, end to end
     for table in tables:
         assert re.fullmatch(r"(---\|?)+", "|".join(table[1])), table[1]  # the separator row
         assert all(len(row) == len(table[0]) for row in table), table
