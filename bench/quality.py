@@ -115,13 +115,6 @@ class FeatureModel:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def evaluate(model: FeatureModel, images: np.ndarray, reference: FeatureStats, classes: int) -> Dict[str, Any]:
-    """Fréchet distance to the reference statistics, classifier score, class histogram."""
-    logits, features = model(images)
-    return {"n": len(images), "fd": frechet_distance(FeatureStats.of(features), reference),
-            "score": classifier_score(logits), "histogram": class_histogram(logits, classes).round(4).tolist()}
-
-
 @dataclass(frozen=True)
 class Difference:
     """A set's FD minus the baseline set's, with its bootstrap interval."""

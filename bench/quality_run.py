@@ -4,6 +4,8 @@ MindSpore runs only in child processes (the ONNX export with its numeric gate, t
 training); sampling and the metric run here on onnxruntime, as a user of the runtime would. The
 reference set is the model's training images, with their mirror images when it trained with flips.
 Baselines: "real vs real" (two disjoint halves of the images), "noise" (clipped Gaussian noise).
+Paired rows follow each seed's x_T and Brownian path (`brownian_coupling`), so they differ by their
+discretisation only; unpaired rows sample from seeds of their own.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from ..runtime.processes import run_module
 from ..runtime.schedulers import DEFAULT_SPACING, SCHEDULERS, SPACINGS, brownian_coupling
 
 from .harness import load_average
-from .quality import FeatureModel, FeatureStats, class_histogram, classifier_score, evaluate, frechet_distance, \
+from .quality import FeatureModel, FeatureStats, class_histogram, classifier_score, frechet_distance, \
     labeled_images, paired_differences
 from .report import table
 
@@ -111,12 +113,17 @@ def _with_mirrors(images: np.ndarray, hflip: bool) -> np.ndarray:
     return np.concatenate([images, images[:, :, ::-1]]) if hflip else images
 
 
+def _scores(logits: np.ndarray, fd: float, classes: int) -> Dict[str, Any]:
+    return {"n": len(logits), "fd": fd, "score": classifier_score(logits),
+            "histogram": class_histogram(logits, classes).round(4).tolist()}
+
+
 def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 1000, seeds: Sequence[int] = (0,),
                 rows: Sequence[Row] = tuple(parse_rows(DEFAULT_ROWS)), paired: bool = True, resamples: int = 200,
                 classifier: Optional[Path] = None, classifier_steps: int = 800, threads: Optional[int] = None,
                 log: Log = print, command: str = "") -> Dict[str, Any]:
     """Sample, score and write OUT.json, OUT.md and a picture per row in OUT/ (`out`: absolute, without suffix).
-    Differences are to the first row; paired: every row follows each seed's x_T and Brownian path (`brownian_coupling`)."""
+    Differences are to the first row."""
     began = time.perf_counter()
     onnx_path = work / "unet.onnx"
     log(f"exporting {checkpoint} to ONNX (with the numeric gate) ...")
@@ -139,12 +146,11 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 1000, seeds
     halves = [model(_with_mirrors(images[h], hflip))[1]
               for h in np.array_split(np.random.default_rng(0).permutation(len(images)), 2)]
     noise = np.random.default_rng(0).standard_normal((n, size, size, 1))
-    baselines: List[Dict[str, Any]] = [
-        {"name": "real vs real (disjoint halves)", "n": len(halves[0]),
-         "fd": frechet_distance(*map(FeatureStats.of, halves)), "score": classifier_score(ref_logits),
-         "histogram": class_histogram(ref_logits, classes).round(4).tolist()},
-        {"name": "noise (clipped Gaussian)", **evaluate(
-            model, np.clip((noise + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8), reference, classes)}]
+    noise_logits, noise_features = model(np.clip((noise + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8))
+    baselines = [{"name": "real vs real (disjoint halves)",
+                  **_scores(ref_logits, frechet_distance(*map(FeatureStats.of, halves)), classes), "n": len(halves[0])},
+                 {"name": "noise (clipped Gaussian)",
+                  **_scores(noise_logits, frechet_distance(FeatureStats.of(noise_features), reference), classes)}]
     sampler = Sampler.load(onnx_path, threads=threads)
     paths = {seed: _brownian_path(sampler, n, seed) for seed in seeds} if paired else {}
     out.mkdir(parents=True, exist_ok=True)
@@ -153,8 +159,7 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 1000, seeds
         logits, feats, seconds = [], [], 0.0
         scheduler = sampler.scheduler(row.scheduler, row.steps, eta=row.eta, spacing=row.spacing, clip_x0=row.clip_x0)
         coupling = brownian_coupling(scheduler.table(), sampler.tables)
-        for seed in seeds:
-            seed = seed if paired else seed + 1000 * k
+        for seed in seeds if paired else [seed + 1000 * k for seed in seeds]:
             log(f"sampling {n} images: {row.label}, seed {seed} ...")
             started = time.perf_counter()
             if paired:
@@ -163,27 +168,22 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 1000, seeds
             else:
                 samples = sampler.sample(n, scheduler, seed=seed)
             seconds += time.perf_counter() - started
-            part = model(samples)
-            logits.append(part[0])
-            feats.append(part[1])
+            for store, value in zip((logits, feats), model(samples)):
+                store.append(value)
             if len(logits) == 1:
                 save_grid(out / f"{row.slug}.png", samples[:GRID], scale=4)
         features.append(np.concatenate(feats))
-        logits = np.concatenate(logits)
-        results.append({"name": row.label, **asdict(row), "calls": row.steps, "n": len(logits), "seconds": seconds,
-                        "fd": frechet_distance(FeatureStats.of(features[-1]), reference),
-                        "score": classifier_score(logits), "histogram": class_histogram(logits, classes).round(4).tolist(),
-                        "picture": f"{out.name}/{row.slug}.png"})
-        log(f"  {seconds:.1f} s, FD {results[-1]['fd']:.3f}, score {results[-1]['score']:.2f}")
+        fd = frechet_distance(FeatureStats.of(features[-1]), reference)
+        results.append({"name": row.label, **asdict(row), **_scores(np.concatenate(logits), fd, classes),
+                        "calls": row.steps, "seconds": seconds, "picture": f"{out.name}/{row.slug}.png"})
+        log(f"  {seconds:.1f} s, FD {fd:.3f}, score {results[-1]['score']:.2f}")
     np.savez_compressed(work / "features.npz", *features)
     log(f"bootstrapping the differences ({resamples} resamplings, {'paired' if paired else 'unpaired'}) ...")
     for result, diff in zip(results, paired_differences(features, reference, paired=paired, resamples=resamples)):
         result.update(difference=diff.value, low=diff.low, high=diff.high)
-    base = results[0]
     first = features[0][:len(halves[0])]
     floor = {"real_vs_real": baselines[0]["fd"], "n": len(first),
              "baseline_vs_real_half": frechet_distance(FeatureStats.of(first), FeatureStats.of(halves[1]))}
-
     result = {"command": command, "checkpoint": str(checkpoint), "config": manifest.config, "T": manifest.timesteps,
               "classifier": model.info, "n": n, "seeds": list(seeds), "paired": paired, "resamples": resamples,
               "reference_images": len(ref_features), "baselines": baselines, "rows": results, "floor": floor,
@@ -192,67 +192,60 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int = 1000, seeds
     write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     write_text_atomic(out.with_suffix(".md"), render_quality(result))
     log(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')} and {out}/*.png "
-        f"({result['duration_s']:.0f} s; baseline {base['name']}, FD {base['fd']:.2f})")
+        f"({result['duration_s']:.0f} s; baseline {results[0]['name']}, FD {results[0]['fd']:.2f})")
     return result
 
 
 def _targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Per row at a target's step count: met (interval below the allowed excess), missed (above), or not resolved."""
     base = rows[0]["fd"]
-    out = []
-    for row in rows[1:]:
-        allowed = TARGETS.get(row["steps"])
-        if allowed is not None:
-            status = "met" if row["high"] <= allowed * base else "missed" if row["low"] > allowed * base \
-                else "not resolved"
-            out.append({"row": row["name"], "allowed": allowed, "excess": row["difference"] / base,
-                        "low": row["low"] / base, "high": row["high"] / base, "status": status})
-    return out
+    return [{"row": r["name"], "allowed": allowed, "excess": r["difference"] / base, "low": r["low"] / base,
+             "high": r["high"] / base,
+             "status": "met" if r["high"] <= allowed * base else "missed" if r["low"] > allowed * base else "not resolved"}
+            for r in rows[1:] for allowed in [TARGETS.get(r["steps"])] if allowed is not None]
 
 
 def _resolution(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The widest interval's half-width, as a share of the baseline's FD, and the n it would take to reach RESOLVE."""
     base, n = rows[0]["fd"], rows[0]["n"]
-    widest = max((r["high"] - r["low"]) / 2 / base for r in rows[1:]) if len(rows) > 1 else 0.0
+    widest = max([(r["high"] - r["low"]) / 2 / base for r in rows[1:]], default=0.0)
     return {"widest_half_width": widest, "n": n, "n_needed": int(np.ceil(n * (widest / RESOLVE) ** 2))}
 
 
-def _pct(value: float, base: float) -> str:
-    return f"{100 * value / base:+.1f}%"
+def _pct(*values: float, base: float) -> str:
+    return "{:+.1f}% [{:+.1f}%, {:+.1f}%]".format(*(100 * v / base for v in values))
+
+
+def _histogram(row: Dict[str, Any]) -> str:
+    return " ".join(f"{100 * share:.0f}" for share in row["histogram"])
 
 
 def render_quality(result: Dict[str, Any]) -> str:
     """The Markdown report of `run_quality`'s result."""
-    info, rows, base = result["classifier"], result["rows"], result["rows"][0]
-    head = ["samples", "U-Net calls", "n", "seconds", "FD", f"FD - {base['name']} [95% interval]", "as % of its FD",
-            "score", "class histogram (%)", "picture"]
-    body = [[b["name"], "", b["n"], "", f"{b['fd']:.2f}", "", "", f"{b['score']:.2f}",
-             " ".join(f"{100 * h:.0f}" for h in b["histogram"]), ""] for b in result["baselines"]]
+    info, rows, res, floor = (result[k] for k in ("classifier", "rows", "resolution", "floor"))
+    base = rows[0]
+    body = [[b["name"], "", b["n"], "", f"{b['fd']:.2f}", "", "", f"{b['score']:.2f}", _histogram(b), ""]
+            for b in result["baselines"]]
     body += [[r["name"], r["calls"], r["n"], f"{r['seconds']:.1f}", f"{r['fd']:.2f}",
               f"{r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]",
-              f"{_pct(r['difference'], base['fd'])} [{_pct(r['low'], base['fd'])}, {_pct(r['high'], base['fd'])}]",
-              f"{r['score']:.2f}", " ".join(f"{100 * h:.0f}" for h in r["histogram"]), f"![]({r['picture']})"]
-             for r in rows]
-    res, floor = result["resolution"], result["floor"]
-    lines = [f"# Sample quality\n\nGenerated by `{result['command'] or 'cli.py quality'}` in {result['duration_s']:.0f} s "
-             f"(load average at the end {result['load_average']}).\n",
-             f"Model: `{result['checkpoint']}` ({result['config']['model']}, T={result['T']}), sampled on onnxruntime "
-             "from its ONNX export (numeric gate passed).\n",
-             f"Features: a CNN classifier trained with MindSpore on `{info.get('data')}` ({info.get('steps')} steps, "
-             f"**test accuracy {100 * info.get('test_accuracy', 0):.1f}%**), run on onnxruntime. FD: Fréchet distance "
-             f"between the features of each row's {base['n']} samples ({result['n']} per seed, seeds "
-             f"{', '.join(map(str, result['seeds']))}) and of the {result['reference_images']} reference images. "
-             f"Differences to {base['name']}: {'paired (every row from the same x_T and Brownian path: its step noise is built from the T-step chain s by `brownian_coupling`; each of' if result['paired'] else 'unpaired (each row from its own seeds; each of'} "
-             f"{result['resamples']} bootstrap resamplings {'draws one set of image indices for all rows' if result['paired'] else 'resamples each row on its own'}), "
-             "95% percentile interval. Score: exp(E KL(p(y|x) || p(y))), 10 at best.\n",
-             table(head, body),
-             f"\nFloor: real vs real {floor['real_vs_real']:.2f} ({body[0][2]} vs {body[0][2]} images); {base['name']}'s "
-             f"first {floor['n']} samples vs the second half: {floor['baseline_vs_real_half']:.2f} "
-             f"({floor['baseline_vs_real_half'] / floor['real_vs_real']:.2f}x the floor).\n",
-             f"Widest interval: ±{100 * res['widest_half_width']:.1f}% of {base['name']}'s FD with n = {res['n']}; "
-             f"±{100 * RESOLVE:.0f}% would take about n = {res['n_needed']} (intervals shrink as 1/sqrt(n)).\n"]
+              _pct(r["difference"], r["low"], r["high"], base=base["fd"]), f"{r['score']:.2f}", _histogram(r),
+              f"![]({r['picture']})"] for r in rows]
+    pairing = "paired: every row on each seed's x_T and Brownian path, one set of resampled image indices for all" \
+        if result["paired"] else "unpaired: each row from its own seeds, resampled on its own"
+    lines = [f"# Sample quality\n\n`{result['command'] or 'cli.py quality'}`: {result['duration_s']:.0f} s, load average "
+             f"{result['load_average']}. Model `{result['checkpoint']}` (T={result['T']}) on onnxruntime; features of a "
+             f"classifier trained on `{info.get('data')}` (test accuracy {100 * info.get('test_accuracy', 0):.1f}%); FD "
+             f"of {base['n']} samples per row (seeds {', '.join(map(str, result['seeds']))}) against "
+             f"{result['reference_images']} reference images; differences to {base['name']} ({pairing}; "
+             f"{result['resamples']} bootstrap resamplings, 95% interval). See docs/quality.md.\n",
+             table(["samples", "U-Net calls", "n", "seconds", "FD", f"FD - {base['name']} [95% interval]",
+                    "as % of its FD", "score", "class histogram (%)", "picture"], body),
+             f"\nFloor: real vs real {floor['real_vs_real']:.2f}; {base['name']}'s first {floor['n']} samples vs the "
+             f"second half {floor['baseline_vs_real_half']:.2f} ({floor['baseline_vs_real_half'] / floor['real_vs_real']:.2f}x). "
+             f"Widest interval ±{100 * res['widest_half_width']:.1f}% of {base['name']}'s FD at n = {res['n']}; "
+             f"±{100 * RESOLVE:.0f}% would take about n = {res['n_needed']}.\n"]
     if result["targets"]:
         lines += ["## Targets\n", table(["row", "allowed excess", "excess [95% interval]", "status"], [
-            [t["row"], f"{100 * t['allowed']:.0f}%", f"{100 * t['excess']:+.1f}% [{100 * t['low']:+.1f}%, "
-             f"{100 * t['high']:+.1f}%]", t["status"]] for t in result["targets"]])]
+            [t["row"], f"{100 * t['allowed']:.0f}%", _pct(t["excess"], t["low"], t["high"], base=1.0), t["status"]]
+            for t in result["targets"]])]
     return "\n".join(lines)
