@@ -126,15 +126,10 @@ def export_onnx(net, out: Path, channels: int, image_size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ms_ddpm.bench.classifier", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--data", default="digits")
-    parser.add_argument("--image-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    for option, default in (("--data", "digits"), ("--image-size", 8), ("--steps", 800), ("--batch", 64), ("--lr", 2e-3)):
+        parser.add_argument(option, type=type(default), default=default)
     parser.add_argument("--hflip", action="store_true", help="Train on randomly mirrored images too.")
-    args = parser.parse_args()
-    reply(train_classifier(args.out, args.data, args.image_size, args.steps, args.batch, args.lr, args.hflip,
-                           log=lambda line: print(line, file=sys.stderr, flush=True)))
+    reply(train_classifier(**vars(parser.parse_args()), log=lambda line: print(line, file=sys.stderr, flush=True)))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,5 @@
-"""CLI commands of the benchmark module: `bench` and `quality`. Heavy imports live inside the functions.
-
-Every path the user gives is made absolute against the caller's working directory here, before any
-child process starts; without --work, scratch goes to a temporary folder that is removed at the end.
-"""
+"""The `bench` and `quality` commands (heavy imports inside them). Every path is made absolute against the caller's
+working directory before any child process starts; without --work, scratch goes to a temporary folder."""
 from __future__ import annotations
 
 import contextlib
@@ -43,14 +40,12 @@ def _check_minimums(**values: Tuple[Optional[int], int]) -> None:
             raise ToolkitError(f"--{name} must be >= {minimum}, got {value}")
 
 
-def _ints(text: str, option: str, minimum: int = 1) -> Tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise ToolkitError(f"{option} must be comma-separated integers, got {text!r}") from exc
-    if not values or min(values) < minimum:
-        raise ToolkitError(f"{option} must be integers >= {minimum}, got {text!r}")
-    return values
+def _ints(text: str, option: str, minimum: int) -> Tuple[int, ...]:
+    """Comma-separated integers >= `minimum`."""
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values or not all(v.isdigit() and int(v) >= minimum for v in values):
+        raise ToolkitError(f"{option} must be comma-separated integers >= {minimum}, got {text!r}")
+    return tuple(map(int, values))
 
 
 @contextlib.contextmanager
@@ -71,7 +66,7 @@ def _scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
 
 
 def _command_line() -> str:
-    return "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return "python cli.py " + shlex.join(sys.argv[1:])
 
 
 def bench(
@@ -86,8 +81,8 @@ def bench(
     repeats: Optional[int] = typer.Option(None, help="Timed calls per engine and batch (default 10; 3 with --quick)."),
     threads: int = typer.Option(os.cpu_count() or 1, help="Threads for every engine."),
     backends: str = typer.Option("onnxruntime,mslite,mindspore,openvino",
-                                 help="Engines to time: the runtime's backends (mindspore: with and without the "
-                                      "oneDNN AVX2 cap) and openvino (when installed)."),
+                                 help="The runtime's backends to time (mindspore: with and without the oneDNN AVX2 "
+                                      "cap; one that cannot open is reported)."),
     images: int = typer.Option(64, help="Images per end-to-end sampling run."),
     max_load: Optional[float] = typer.Option(None, help="Wait (up to 10 min) until the 1-minute load average is below this."),
 ) -> None:
@@ -98,7 +93,7 @@ def bench(
     if not engines or set(engines) - set(ENGINES):
         raise ToolkitError(f"--backends takes {', '.join(ENGINES)}; got {backends!r}")
     _check_minimums(threads=(threads, 1), images=(images, 1), repeats=(repeats, 1))
-    batch_sizes = _ints(batches, "--batches")
+    batch_sizes = _ints(batches, "--batches", 1)
     out = _outputs(out)
     checkpoint, work = _absolute(checkpoint, "checkpoint"), _absolute(work)
     deadline = time.time() + 600
@@ -107,7 +102,7 @@ def bench(
         time.sleep(30)
     with _scratch(work, "ms-ddpm-bench.") as folder:
         settings = BenchSettings(work=folder, quick=quick, checkpoint=checkpoint, threads=threads, engines=engines,
-                                 batches=batch_sizes, repeats=repeats, e2e_images=images)
+                                 batches=batch_sizes, repeats=repeats, images=images)
         run_bench(settings, out, log=typer.echo, command=_command_line())
 
 
@@ -133,11 +128,11 @@ def quality(
 ) -> None:
     """Sample quality per sampler: Fréchet distance on a dataset classifier's features and its paired difference to
     the first row with a bootstrap interval, score, class histogram, a picture per row."""
-    from .quality_run import DEFAULT_ROWS, parse_rows, run_quality
+    from .quality import DEFAULT_ROWS, parse_rows, run_quality
 
     _check_minimums(n=(n, 2), resamples=(resamples, 10))
     row_specs = parse_rows(DEFAULT_ROWS if rows is None else rows)
-    seed_values = _ints(seeds, "--seeds", minimum=0)
+    seed_values = _ints(seeds, "--seeds", 0)
     out = _outputs(out)
     checkpoint, classifier = _absolute(checkpoint, "checkpoint"), _absolute(classifier, "classifier")
     with _scratch(_absolute(work), "ms-ddpm-quality.") as folder:

@@ -1,9 +1,6 @@
-"""The bench's harness: worker processes, the rotation that times them in turn, statistics, the machine.
-
-Each measurement runs in a worker (bench/worker.py; MindSpore and Lite never share a process). The
-workers stay alive and make one timed call each in turn, with a short pause between them (one's
-spinning threads go idle before the next): a busy machine slows all alike, and the ratios hold.
-"""
+"""The bench's harness: workers (`python -m ms_ddpm.bench.harness SPEC`, one engine each, answering one JSON
+command per stdin line), the rotation that times them in turn with a short pause between them (one's spinning
+threads go idle before the next: a busy machine slows all alike, and the ratios hold), statistics, the machine."""
 from __future__ import annotations
 
 import contextlib
@@ -12,13 +9,18 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
+
+from ..export.gate import gate_cases
 from ..runtime.cpu import cpu_flags, cpu_model
-from ..runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError, first_line, run_main
+from ..runtime.pipeline import Sampler
 from ..runtime.processes import error_line, module_command, quiet_env
 
 REPLY_PREFIX = "@@bench "  # a child's answers are single lines with this prefix: libraries print to stdout too
@@ -41,9 +43,8 @@ def replies(lines: Iterable[str]) -> Iterator[Dict[str, Any]]:
     return (json.loads(line[len(REPLY_PREFIX):]) for line in lines if line.startswith(REPLY_PREFIX))
 
 
-def onnx_session(model: Any, threads: Optional[int] = None):
-    """An onnxruntime CPU session with the runtime's options, on a model that is not a U-Net artifact
-    (the peak MatMul, the quality classifier)."""
+def onnx_session(model: Any, threads: Optional[int] = None) -> Any:
+    """An onnxruntime CPU session with the runtime's options on a model that is not a U-Net artifact."""
     import onnxruntime as ort
 
     from ..runtime.ort_session import session_options
@@ -52,13 +53,13 @@ def onnx_session(model: Any, threads: Optional[int] = None):
 
 
 class Worker:
-    """The parent's handle on one `bench.worker` child: send(op, ...), then receive() its answer."""
+    """The parent's handle on one worker: send(op, ...), then receive() its answer."""
 
     def __init__(self, label: str, spec: Dict[str, Any], env: Dict[str, str], log_dir: Path):
-        self.label, self.open_s = label, None
+        self.label = label
         self.log_path = log_dir / f"worker-{label.replace(' ', '_').replace('/', '_')}.log"
         with self.log_path.open("w") as stderr:
-            self.proc = subprocess.Popen(module_command("bench.worker", json.dumps(spec)), stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen(module_command("bench.harness", json.dumps(spec)), stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=stderr, text=True, env={**quiet_env(), **env})
 
     def send(self, op: str, **kwargs: Any) -> None:
@@ -98,7 +99,7 @@ def start_workers(specs: Dict[str, Tuple[Dict[str, Any], Dict[str, str]]], log_d
     ready = {}
     for label, worker in [(label, Worker(label, spec, env, log_dir)) for label, (spec, env) in specs.items()]:
         try:
-            worker.open_s = worker.receive()["open_s"]
+            worker.receive()
             ready[label] = worker
         except WorkerFailed as exc:
             worker.close()
@@ -134,13 +135,11 @@ def rotate(workers: Dict[str, Worker], op: str, args: Dict[str, Any], repeats: i
     return {label: t for label, t in times.items() if t}
 
 
-def summarize(times: Sequence[float], flops: Optional[float] = None) -> Dict[str, Any]:
-    """n, median and min seconds (and GFLOP/s when the FLOPs per call are known)."""
-    out: Dict[str, Any] = {"n": len(times), "median_s": statistics.median(times), "min_s": min(times),
-                           "times_s": [round(t, 6) for t in times]}
-    if flops:
-        out.update(gflops_median=flops / out["median_s"] / 1e9, gflops_best=flops / out["min_s"] / 1e9)
-    return out
+def summarize(times: Sequence[float], flops: float) -> Dict[str, Any]:
+    """n, median and min seconds, and GFLOP/s at `flops` per call."""
+    median, best = statistics.median(times), min(times)
+    return {"n": len(times), "median_s": median, "min_s": best, "times_s": [round(t, 6) for t in times],
+            "gflops_median": flops / median / 1e9, "gflops_best": flops / best / 1e9}
 
 
 def machine() -> Dict[str, Any]:
@@ -153,8 +152,95 @@ def machine() -> Dict[str, Any]:
                          if util.find_spec(p)}}
 
 
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table."""
+    return "".join("| " + " | ".join(map(str, row)) + " |\n" for row in [header, ["---"] * len(header), *rows])
+
+
 def load_average() -> Optional[List[float]]:
     """The 1, 5 and 15 minute load averages; None where the platform has none."""
     with contextlib.suppress(OSError):
         return [round(v, 2) for v in os.getloadavg()]
     return None
+
+
+# ---- the worker's side -----------------------------------------------------------------------------
+def timed(call: Callable[..., Any], *args: Any) -> Tuple[Any, float]:
+    """call(*args) and its seconds."""
+    began = time.perf_counter()
+    return call(*args), time.perf_counter() - began
+
+
+def matmul_call(size: int, threads: Optional[int]) -> Callable[[], Any]:
+    """One size x size float32 MatMul on onnxruntime, whose MLAS picks its kernels from the CPU: the fp32 peak."""
+    from onnx import TensorProto, helper
+
+    spec = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size]) for name in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", spec[:2], spec[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = onnx_session(model.SerializeToString(), threads)
+    a, b = np.random.default_rng(0).standard_normal((2, size, size), dtype=np.float32)
+    return lambda: session.run(None, {"a": a, "b": b})
+
+
+class Engine:
+    """A worker's engine: a runtime backend (`kind`) in a Sampler on a U-Net artifact, or kind "matmul"."""
+
+    def __init__(self, kind: str, artifact: str = "", size: int = 0, threads: Optional[int] = None):
+        if kind == "matmul":
+            self.sampler, self.call = None, matmul_call(size, threads)
+        else:
+            self.sampler = Sampler.load(artifact, backend=kind, threads=threads)
+            self.call = self.sampler.backend
+
+    def _inputs(self, batch: int) -> tuple:
+        """The export gate's random (x, t) at `batch`; none for the MatMul."""
+        if self.sampler is None:
+            return ()
+        case = gate_cases(self.sampler.manifest.run_config, batch, (batch,))[0]
+        return case.x, case.t.astype(self.sampler.index_dtype)
+
+    def time(self, calls: int, batch: int = 1) -> Dict[str, Any]:
+        """Seconds of `calls` calls; calls=0: one untimed call (the warm-up)."""
+        args = self._inputs(batch)
+        return {"times": [timed(self.call, *args)[1] for _ in range(max(calls, 1))][:calls]}
+
+    def output(self, batch: int, path: str) -> Dict[str, Any]:
+        """eps on the inputs of `batch`, saved as .npy at `path`."""
+        np.save(path, self.call(*self._inputs(batch)))
+        return {"path": path}
+
+    def sample(self, n: int, scheduler: str, steps: int) -> Dict[str, Any]:
+        """Seconds of `Sampler.sample(n, scheduler, steps)`, and the part spent in its U-Net calls."""
+        spent = []
+
+        def timed_unet(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            eps, seconds = timed(self.call, x, t)
+            spent.append(seconds)
+            return eps
+
+        seconds = timed(Sampler(timed_unet, self.sampler.manifest).sample, n, scheduler, steps)[1]
+        return {"seconds": seconds, "unet_s": sum(spent), "unet_calls": len(spent)}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    try:
+        engine = Engine(**spec)
+    except ToolkitError:
+        raise
+    except Exception as exc:  # an engine that cannot open: one line for the parent's table
+        raise ToolkitError(f"cannot open {spec['kind']}: {type(exc).__name__}: {first_line(exc)}") from exc
+    reply({"ready": True})
+    for line in sys.stdin:
+        command = json.loads(line)
+        try:
+            reply(getattr(engine, command.pop("op"))(**command))
+        except Exception as exc:  # the parent reports it and carries on without this worker's row
+            reply({"error": f"{type(exc).__name__}: {first_line(exc)}"})
+    sys.stdout.flush()
+    os._exit(0)  # skip library exit-time destructors (Lite's has crashed at exit)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,40 +1,36 @@
-"""`ms-ddpm bench`: U-Net latency per engine against the fp32 MatMul peak, and end-to-end sampling against
-its U-Net calls, in one run; Markdown + JSON.
-
-This process only orchestrates (numpy, onnx for the FLOP count); every measurement runs in a worker
-(bench/harness.py). The rows are data: each runtime backend on each artifact of its format (two ONNX
-graphs where the exporter optimises), peer engines on the ONNX, and MindSpore with and without the
-oneDNN AVX2 cap.
-"""
+"""`ms-ddpm bench`: U-Net latency per engine against the fp32 MatMul peak, their agreement, and end-to-end
+sampling against its U-Net calls; Markdown + JSON. This process only orchestrates: the models are exported in a
+child (`python -m ms_ddpm.bench.latency SPEC`), every measurement runs in a worker (bench/harness.py)."""
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
+import onnx
 
 from ..export.gate import compare
 from ..runtime.backends import BACKENDS
 from ..runtime.cpu import cpu_flags
-from ..runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError, first_line, run_main
 from ..runtime.files import write_text_atomic
 from ..runtime.manifest import Manifest, manifest_path_for
 from ..runtime.processes import run_module
 
-from .flops import count_flops
-from .harness import Log, Worker, WorkerFailed, load_average, machine, replies, rotate, start_workers, summarize
-from .report import render_markdown
+from .harness import Log, Worker, WorkerFailed, load_average, machine, replies, reply, rotate, start_workers, summarize, \
+    table
 
-PEERS = {"openvino": "onnx"}  # engines beside the runtime's backends, and the format they read
-ENGINES = (*BACKENDS, *PEERS)
+ENGINES = tuple(BACKENDS)
 PEAK = "fp32 matmul peak"
 MATMUL_SIZE = 2048
 E2E_RUNS = (("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10))
+SCHEDULER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}
 AGREEMENT_BATCH = 4
 Rows = Dict[str, Tuple[Dict[str, Any], Dict[str, str]]]  # label -> (worker spec, environment)
 
@@ -42,17 +38,80 @@ Rows = Dict[str, Tuple[Dict[str, Any], Dict[str, str]]]  # label -> (worker spec
 @dataclass
 class BenchSettings:
     work: Path  # absolute: models, worker logs
-    quick: bool = False
-    checkpoint: Optional[Path] = None  # None: an untrained model (tutorial-size, or tiny with --quick)
-    batches: Tuple[int, ...] = (1, 16, 64)
-    repeats: Optional[int] = None  # timed calls per engine and batch (default 10, quick 3)
-    threads: Optional[int] = None  # None: every engine's own default
-    engines: Tuple[str, ...] = ENGINES
-    e2e_images: int = 64
+    quick: bool  # a tiny model (without `checkpoint`), 3 calls per engine and batch, 2 s of calls at most
+    checkpoint: Optional[Path]  # None: an untrained model (tutorial-size, or tiny with `quick`)
+    batches: Tuple[int, ...]
+    repeats: Optional[int]  # timed calls per engine and batch (None: 10, quick 3)
+    threads: int
+    engines: Tuple[str, ...]
+    images: int  # per end-to-end run
 
     def __post_init__(self) -> None:
         self.repeats = self.repeats or (3 if self.quick else 10)
         self.budget_s = 2.0 if self.quick else 20.0  # per engine and batch: a slow engine gets fewer calls
+
+
+def count_flops(model: onnx.ModelProto | str | Path, batch: int = 1) -> int:
+    """FLOPs of one forward pass at `batch`: 2 per multiply-add of Conv, ConvTranspose, MatMul and Gemm, on the
+    shapes that ONNX shape inference gives once the inputs' symbolic batch axis is pinned to `batch`."""
+    model = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    for tensor in pinned.graph.input:
+        dims = tensor.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    graph = onnx.shape_inference.infer_shapes(pinned).graph
+    shapes = {info.name: [d.dim_value for d in info.type.tensor_type.shape.dim]
+              for info in [*graph.input, *graph.value_info, *graph.output]
+              if all(d.HasField("dim_value") for d in info.type.tensor_type.shape.dim)}
+    shapes.update({init.name: list(init.dims) for init in graph.initializer})
+    total = 0
+    for node in graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            continue
+        (x, w), y = (shapes[name] for name in node.input[:2]), shapes[node.output[0]]
+        if node.op_type == "Conv":  # weight (C_out, C_in / group, kh, kw): a multiply-add per weight per output pixel
+            total += 2 * prod(y) * prod(w[1:])
+        elif node.op_type == "ConvTranspose":  # weight (C_in, C_out / group, kh, kw): every input scatters a kernel
+            total += 2 * prod(x) * prod(w[1:])
+        elif node.op_type == "MatMul":
+            total += 2 * prod(y) * x[-1]
+        else:  # Gemm: (M, K) x (K, N), or A transposed
+            transposed = any(a.name == "transA" and a.i for a in node.attribute)
+            total += 2 * prod(y) * x[0 if transposed else 1]
+    return total
+
+
+def make_models(work: str, formats: List[str], checkpoint: Optional[str], tiny: bool) -> Dict[str, Any]:
+    """`checkpoint` (None: an untrained tutorial-size U-Net, 8x8 if `tiny`) exported to `formats` in `work`, the
+    ONNX twice (optimised and plain graph), without the numeric gate: {checkpoint, artifacts, errors}."""
+    from ..train import prepare_mindspore
+
+    prepare_mindspore()
+    import mindspore as ms
+
+    from ..export.formats import format_module
+    from ..export.pipeline import ExportRequest, export_checkpoint
+    from ..runtime.config import Config, ModelConfig
+    from ..train.checkpoint import resolve_checkpoint_path, save_checkpoint
+    from ..train.model import build_unet
+
+    if checkpoint is None:
+        ms.set_seed(0)
+        config = Config(model=ModelConfig(image_size=8, channels=1, dim=8, dim_mults=(1, 2))) if tiny else Config()
+        checkpoint = save_checkpoint(Path(work) / "untrained.ckpt", config, step=0, net=build_unet(config.model))
+    result: Dict[str, Any] = {"checkpoint": str(resolve_checkpoint_path(checkpoint)), "artifacts": [], "errors": {}}
+    for fmt in formats:
+        for graph, optimize in ({"optimized": True, "plain": False} if fmt == "onnx" else {None: True}).items():
+            out = Path(work) / f"unet{'-' + graph if graph else ''}{format_module(fmt).SUFFIX}"
+            try:
+                export_checkpoint(Path(result["checkpoint"]), ExportRequest(fmt, out, gate=None, optimize=optimize),
+                                  log=lambda line: print(line, file=sys.stderr))
+                result["artifacts"].append({"format": fmt, "graph": graph, "path": str(out)})
+            except Exception as exc:  # a format that cannot be made here (e.g. no Lite bridge) is reported
+                result["errors"][f"export {fmt}"] = f"{type(exc).__name__}: {first_line(exc)}"
+    return result
 
 
 def onednn_settings(flags: Set[str]) -> Dict[str, Dict[str, str]]:
@@ -65,19 +124,16 @@ def engine_rows(s: BenchSettings, artifacts: List[Dict[str, Any]], flags: Set[st
     """Every requested engine on every artifact of its format; what cannot run goes to `missing`."""
     rows: Rows = {}
     for engine in s.engines:
-        if engine in PEERS and importlib.util.find_spec(engine) is None:
-            missing[engine] = f"not installed (pip install {engine})"
-            continue
-        fmt = BACKENDS[engine].format if engine in BACKENDS else PEERS[engine]
-        if not any(a["format"] == fmt for a in artifacts):
-            missing[engine] = f"no {fmt} export (see Not measured)"
+        spec = BACKENDS[engine]
+        if not any(a["format"] == spec.format for a in artifacts):
+            missing[engine] = f"no {spec.format} export (see Not measured)"
         if engine == "mindspore" and "avx2" not in flags:
             missing["mindspore AVX2"] = "the CPU has no AVX2"
-        for artifact in [a for a in artifacts if a["format"] == fmt]:
+        for artifact in [a for a in artifacts if a["format"] == spec.format]:
             label = engine + (f" ({artifact['graph']} graph)" if artifact["graph"] else "")
-            spec = {"kind": engine, "artifact": artifact["path"], "threads": s.threads}
+            worker = {"kind": engine, "artifact": artifact["path"], "threads": s.threads}
             settings = onednn_settings(flags) if engine == "mindspore" else {"": {}}
-            rows.update({f"{label} {isa}".strip(): (spec, env) for isa, env in settings.items()})
+            rows.update({f"{label} {isa}".strip(): (worker, env) for isa, env in settings.items()})
     return rows
 
 
@@ -90,8 +146,7 @@ class Bench:
         self.workers: Dict[str, Worker] = {}
         self.errors: Dict[str, str] = {}
         self.missing: Dict[str, str] = {}  # rows that were not measured, and why (short)
-        self.result: Dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v
-                                                    for k, v in asdict(settings).items()}}
+        self.result: Dict[str, Any] = {}
 
     def run(self) -> Dict[str, Any]:
         began = time.perf_counter()
@@ -112,16 +167,15 @@ class Bench:
 
     def _prepare(self) -> None:
         self.log("preparing models (checkpoint -> exports) ...")
-        formats = sorted({BACKENDS[e].format for e in self.s.engines if e in BACKENDS} | {"onnx"})
-        request = {"kind": "models", "work": str(self.s.work), "formats": formats, "tiny": self.s.quick,
-                   "checkpoint": self.s.checkpoint and str(self.s.checkpoint)}
-        models = next(replies(run_module("bench.worker", json.dumps(request), what="preparing the models").stdout
-                              .splitlines()))
+        request = {"work": str(self.s.work), "formats": sorted({BACKENDS[e].format for e in self.s.engines} | {"onnx"}),
+                   "checkpoint": self.s.checkpoint and str(self.s.checkpoint), "tiny": self.s.quick}
+        done = run_module("bench.latency", json.dumps(request), what="preparing the models")
+        models = next(replies(done.stdout.splitlines()))
         self.errors.update(models["errors"])
-        onnx = next((a["path"] for a in models["artifacts"] if a["format"] == "onnx"), None)
-        if onnx is None:
+        onnx_path = next((a["path"] for a in models["artifacts"] if a["format"] == "onnx"), None)
+        if onnx_path is None:
             raise ToolkitError(f"could not export the model to ONNX: {models['errors'].get('export onnx')}")
-        self.flops_per_image, self.manifest = count_flops(onnx, 1), Manifest.load(manifest_path_for(onnx))
+        self.flops_per_image, self.manifest = count_flops(onnx_path), Manifest.load(manifest_path_for(onnx_path))
         self.result.update(models=models, model={"config": self.manifest.config["model"], "timesteps":
                            self.manifest.timesteps, "gflop_per_image": self.flops_per_image / 1e9})
 
@@ -131,7 +185,6 @@ class Bench:
         self.log(f"starting workers: {', '.join(rows)} ...")
         self.workers = start_workers(rows, self.s.work, self.errors)
         self.missing.update({label: "failed (see Not measured)" for label in rows if label not in self.workers})
-        self.result["open_s"] = {label: worker.open_s for label, worker in self.workers.items() if label != PEAK}
 
     def _alive(self, peak: bool = False) -> Dict[str, Worker]:
         """The workers still running: the U-Net engines, and the peak MatMul if `peak`."""
@@ -169,14 +222,13 @@ class Bench:
 
     def _end_to_end(self) -> None:
         """`Sampler.sample` per scheduler on the first engine, against the time spent in its U-Net calls."""
-        runs, n = [], self.s.e2e_images
+        runs, n = [], self.s.images
         engine, worker = next(iter(self._alive().items()), (None, None))
         for name, steps in E2E_RUNS if worker else ():
             steps = min(steps, self.manifest.timesteps)
             self.log(f"end to end: {n} images, {name}-{steps} ({engine}) ...")
             try:
-                timed = worker.ask("sample", n=n, scheduler=name, steps=steps)
-                runs.append({"scheduler": name, "steps": steps, **timed})
+                runs.append({"scheduler": name, "steps": steps, **worker.ask("sample", n=n, scheduler=name, steps=steps)})
             except WorkerFailed as exc:
                 self.errors[f"end to end {name}-{steps}"] = str(exc)
         ddpm = next((r["seconds"] for r in runs if r["scheduler"] == "ddpm"), None)
@@ -192,3 +244,61 @@ def run_bench(settings: BenchSettings, out: Path, log: Log, command: str) -> Dic
     write_text_atomic(out.with_suffix(".md"), render_markdown(result))
     log(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} ({result['duration_s']:.0f} s)")
     return result
+
+
+# ---- the report ------------------------------------------------------------------------------------
+def number(value: Optional[float], digits: int = 2, scale: float = 1, unit: str = "") -> str:
+    """`value` x `scale` with `digits` decimals and `unit`; "n/a" for None."""
+    return "n/a" if value is None else f"{value * scale:.{digits}f}{unit}"
+
+
+def percent(value: Optional[float]) -> str:
+    return number(value, 0, 100, "%")
+
+
+def milliseconds(seconds: float) -> str:
+    return number(seconds, 1 if seconds < 10 else 0, 1e3)
+
+
+def render_markdown(result: Dict[str, Any]) -> str:
+    """Machine, model and peak; U-Net calls per engine and their agreement; end to end; what was not measured."""
+    m, model, peak, e2e = result["machine"], result["model"], result["peak"], result["end_to_end"]
+    cfg, first = model["config"], next((r["backend"] for r in result["unet"]), "the first engine")
+    unet = [[r["backend"], r["batch"], r["n"], milliseconds(r["median_s"]), milliseconds(r["min_s"]),
+             number(r["gflops_median"], 1), number(r["gflops_best"], 1),
+             f"{percent(r['peak_fraction_best'])} ({percent(r['peak_fraction_median'])})", number(r["vs_first"])]
+            for r in result["unet"]] + [[label, "-", 0, why, *["n/a"] * 5] for label, why in result["missing"].items()]
+    out = [f"# Benchmark results\n\nGenerated by `{result['command']}` on {result['started']}; the run took "
+           f"{result['duration_s']:.0f} s. Load average (1/5/15 min) at start {result['load_average_start']}, at end "
+           f"{result['load_average_end']}. How it measures: docs/benchmarks.md.\n",
+           f"**CPU**: {m['cpu']}, {m['cpus']} cores; flags: {', '.join(m['isa']) or 'none of note'}; {m['platform']}, "
+           f"Python {m['python']}; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.\n",
+           f"**Model**: U-Net {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, dim {cfg['dim']}, dim_mults "
+           f"{cfg['dim_mults']}, T={model['timesteps']}; {model['gflop_per_image']:.3f} GFLOP per image (Conv, "
+           f"ConvTranspose, MatMul, Gemm of the exported ONNX). Checkpoint: `{result['models']['checkpoint']}`.\n",
+           f"**fp32 MatMul peak** ({peak['size']}x{peak['size']} float32 MatMul on {peak['engine']}, timed in turn with "
+           "the U-Net calls): " + (f"**{peak['gflops_best']:.0f} GFLOP/s** best, {peak['gflops_median']:.0f} median "
+                                  f"over {peak['n']} calls" if "n" in peak else "**not measured** (see Not measured)")
+           + ". *% of peak*: an engine's best call over the best MatMul, and (in brackets) its median over the median "
+           "MatMul.\n",
+           "\n## U-Net, one call\n\nEngines timed in turn, one call each; median and min over the calls (a slow engine "
+           f"gets fewer: see n). *x first* is median time over {first}'s at the same batch.\n",
+           table(["backend", "batch", "n", "median ms", "min ms", "GFLOP/s median", "GFLOP/s best", "% of peak",
+                  "x first"], unet),
+           f"\nAgreement with {first} on the same batch of {AGREEMENT_BATCH} (the export gate's measures):\n",
+           table(["backend", "max abs", "cosine", "error"], [[label, number(a.get("max_abs"), 7),
+                 number(a.get("cosine"), 7), a.get("error", "")] for label, a in result["agreement"].items()])]
+    if e2e["runs"]:
+        out += [f"\n## End to end: {e2e['images']} images\n\n`Sampler.sample` on {e2e['engine']}, one run each, batch "
+                f"{e2e['images']} per U-Net call; *U-Net s* is the time spent inside the U-Net calls of that run, "
+                "*x U-Net* the whole run over it, *x DDPM* the run over the DDPM run.\n",
+                table(["sampler", "seconds", "U-Net s", "x U-Net", "x DDPM"], [
+                    [f"{SCHEDULER_NAMES[r['scheduler']]}-{r['steps']}", number(r["seconds"]), number(r["unet_s"]),
+                     number(r["seconds"] / r["unet_s"], 3), number(r["vs_ddpm"], 3)] for r in e2e["runs"]])]
+    if result["errors"]:
+        out += ["\n## Not measured\n\n"] + [f"- {k}: {v}\n" for k, v in result["errors"].items()]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    run_main(lambda: reply(make_models(**json.loads(sys.argv[1]))))

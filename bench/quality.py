@@ -1,22 +1,35 @@
-"""Offline sample quality: FID's formula on a dataset-specific classifier's features (no download).
-
-The feature extractor is a small CNN trained on the model's own data (bench/classifier.py, run as
-ONNX on onnxruntime). `frechet_distance` is ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between
-Gaussians fitted to two sets of features; `classifier_score` is the Inception-Score analogue
-exp(E_x KL(p(y|x) || p(y))); `class_histogram` shows a missing mode. Needs numpy, scipy, onnxruntime.
-"""
+"""`ms-ddpm quality`: sample quality per sampler, FID's formula on the features of a classifier trained on the
+model's own data (bench/classifier.py, in a child with MindSpore), run like the sampling on onnxruntime. Paired
+rows follow each seed's x_T and Brownian path (`brownian_coupling`); docs/quality.md has the details."""
 from __future__ import annotations
 
 import json
+import re
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..runtime.errors import ToolkitError
-from .harness import onnx_session
+from ..runtime.files import write_text_atomic
+from ..runtime.images import save_grid, to_uint8
+from ..runtime.manifest import Manifest, manifest_path_for
+from ..runtime.pipeline import Sampler
+from ..runtime.processes import run_module
+from ..runtime.schedulers import DEFAULT_SPACING, SCHEDULERS, SPACINGS, brownian_coupling
+
+from .harness import Log, load_average, onnx_session, table
+
+NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++(2M)", "dpmpp-sde": "DPM-Solver++(2M) SDE",
+         "dpmpp3m": "DPM-Solver++(3M)"}
+DEFAULT_ROWS = ("ddpm:200,ddpm:50,ddim:50:eta=0,ddim:50:eta=1,dpmpp:20,"
+                + ",".join(f"{name}:{steps}" for name in ("dpmpp-sde", "dpmpp3m") for steps in (50, 20, 10, 5)))
+TARGETS = {20: 0.05, 10: 0.10}  # steps: allowed FD excess over the baseline row's
+RESOLVE = 0.05  # an interval resolves a row when its half-width is at most this share of the baseline's FD
+GRID = 36
 
 
 @dataclass(frozen=True)
@@ -151,3 +164,210 @@ def paired_differences(features: Sequence[np.ndarray], reference: FeatureStats, 
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(spread, [tail, 100 - tail], axis=0)
     return [Difference(float(p - point[baseline]), float(lo), float(hi)) for p, lo, hi in zip(point, low, high)]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sampler of the table: scheduler, steps and its options."""
+    scheduler: str
+    steps: int
+    eta: float = 0.0
+    spacing: str = DEFAULT_SPACING
+    clip_x0: bool = False
+
+    @property
+    def label(self) -> str:
+        extras = ([f"eta {self.eta:g}"] if self.scheduler == "ddim" else []) + \
+            ([self.spacing] if self.spacing != DEFAULT_SPACING else []) + (["clip_x0"] if self.clip_x0 else [])
+        return f"{NAMES[self.scheduler]}-{self.steps}" + (f" ({', '.join(extras)})" if extras else "")
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9.]+", "-", self.label.lower()).strip("-")
+
+
+def parse_rows(text: str) -> List[Row]:
+    """Rows from `scheduler:steps[:eta=E][:spacing=S][:clip]`, comma-separated."""
+    rows = [_parse_row(part.strip()) for part in text.split(",") if part.strip()]
+    if not rows:
+        raise ToolkitError("--rows is empty")
+    return rows
+
+
+def _parse_row(spec: str) -> Row:
+    name, _, rest = spec.partition(":")
+    steps, *options = rest.split(":")
+    if name not in SCHEDULERS or not steps.isdigit() or int(steps) < 1:
+        raise ToolkitError(f"a row is scheduler:steps[:eta=E][:spacing=S][:clip] with a scheduler of "
+                           f"{', '.join(SCHEDULERS)} and steps >= 1, got {spec!r}")
+    fields: Dict[str, Any] = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "eta" and name == "ddim" and re.fullmatch(r"\d+(\.\d*)?", value):
+            fields["eta"] = float(value)
+        elif key == "spacing" and value in SPACINGS:
+            fields["spacing"] = value
+        elif option == "clip":
+            fields["clip_x0"] = True
+        else:
+            raise ToolkitError(f"unknown option {option!r} in row {spec!r}: eta=E (ddim only, E >= 0), spacing="
+                               f"{'|'.join(SPACINGS)}, clip")
+    return Row(name, int(steps), **fields)
+
+
+def _classifier(work: Path, data: str, image_size: int, hflip: bool, steps: int, log: Log) -> Path:
+    """The classifier in WORK, reused when trained with the same settings, else trained now."""
+    path = work / "classifier.onnx"
+    info = json.loads(Path(f"{path}.json").read_text()) if Path(f"{path}.json").is_file() and path.is_file() else {}
+    if [info.get(k) for k in ("data", "image_size", "hflip", "steps")] == [data, image_size, hflip, steps]:
+        log(f"reusing the classifier {path} (test accuracy {info['test_accuracy']:.4f})")
+        return path
+    log(f"training the classifier ({steps} steps) ...")
+    run_module("bench.classifier", path, "--data", data, "--image-size", image_size, "--steps", steps,
+               *(["--hflip"] if hflip else []), what="training the classifier")
+    return path
+
+
+def _brownian_path(sampler: Sampler, n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """x_T and the T-step DDPM chain's step noise (T - 1, n, C, H, W) of a seed: the path every paired row follows."""
+    x_T, step_noise = sampler.draw_noise(n, sampler.tables.timesteps - 1, seed)
+    return x_T, np.stack(list(step_noise))
+
+
+def _with_mirrors(images: np.ndarray, hflip: bool) -> np.ndarray:
+    return np.concatenate([images, images[:, :, ::-1]]) if hflip else images
+
+
+def _scores(logits: np.ndarray, fd: float, classes: int) -> Dict[str, Any]:
+    return {"n": len(logits), "fd": fd, "score": classifier_score(logits),
+            "histogram": class_histogram(logits, classes).round(4).tolist()}
+
+
+def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int, seeds: Sequence[int], rows: Sequence[Row],
+                paired: bool, resamples: int, classifier: Optional[Path], classifier_steps: int, threads: Optional[int],
+                log: Log, command: str) -> Dict[str, Any]:
+    """Sample, score, and write OUT.json, OUT.md and a picture per row in OUT/ (`out`: absolute, without suffix)."""
+    began = time.perf_counter()
+    onnx_path = work / "unet.onnx"
+    log(f"exporting {checkpoint} to ONNX (with the numeric gate) ...")
+    run_module("cli", "export", "--checkpoint", checkpoint, "--format", "onnx", "--out", onnx_path,
+               what="the ONNX export")
+    manifest = Manifest.load(manifest_path_for(onnx_path))
+    config = manifest.run_config
+    data, size, hflip = config.train.data, config.model.image_size, config.train.hflip
+    if config.model.channels != 1:
+        raise ToolkitError("quality supports 1-channel models (digits, Fashion-MNIST)")
+    too_long = [row.label for row in rows if row.steps > manifest.timesteps]
+    if too_long:
+        raise ToolkitError(f"rows with more steps than the model's T={manifest.timesteps}: {', '.join(too_long)}")
+    model = FeatureModel(classifier or _classifier(work, data, size, hflip, classifier_steps, log), threads)
+    classes = int(model.info.get("classes", 10))
+    images, _ = labeled_images(data, size)
+    ref_logits, ref_features = model(_with_mirrors(images, hflip))
+    reference = FeatureStats.of(ref_features)
+    halves = [model(_with_mirrors(images[h], hflip))[1]
+              for h in np.array_split(np.random.default_rng(0).permutation(len(images)), 2)]
+    noise = np.random.default_rng(0).standard_normal((n, size, size, 1))
+    noise_logits, noise_features = model(np.clip((noise + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8))
+    baselines = [{"name": "real vs real (disjoint halves)",
+                  **_scores(ref_logits, frechet_distance(*map(FeatureStats.of, halves)), classes), "n": len(halves[0])},
+                 {"name": "noise (clipped Gaussian)",
+                  **_scores(noise_logits, frechet_distance(FeatureStats.of(noise_features), reference), classes)}]
+    sampler = Sampler.load(onnx_path, threads=threads)
+    paths = {seed: _brownian_path(sampler, n, seed) for seed in seeds} if paired else {}
+    out.mkdir(parents=True, exist_ok=True)
+    results, features = [], []
+    for k, row in enumerate(rows):
+        logits, feats, seconds = [], [], 0.0
+        scheduler = sampler.scheduler(row.scheduler, row.steps, eta=row.eta, spacing=row.spacing, clip_x0=row.clip_x0)
+        coupling = brownian_coupling(scheduler.table(), sampler.tables)
+        for seed in seeds if paired else [seed + 1000 * k for seed in seeds]:
+            log(f"sampling {n} images: {row.label}, seed {seed} ...")
+            started = time.perf_counter()
+            if paired:
+                x_T, fine = paths[seed]
+                samples = to_uint8(sampler.denoise(scheduler, x_T, (np.tensordot(w, fine, 1) for w in coupling)))
+            else:
+                samples = sampler.sample(n, scheduler, seed=seed)
+            seconds += time.perf_counter() - started
+            for store, value in zip((logits, feats), model(samples)):
+                store.append(value)
+            if len(logits) == 1:
+                save_grid(out / f"{row.slug}.png", samples[:GRID], scale=4)
+        features.append(np.concatenate(feats))
+        fd = frechet_distance(FeatureStats.of(features[-1]), reference)
+        results.append({"name": row.label, **asdict(row), **_scores(np.concatenate(logits), fd, classes),
+                        "calls": row.steps, "seconds": seconds, "picture": f"{out.name}/{row.slug}.png"})
+        log(f"  {seconds:.1f} s, FD {fd:.3f}, score {results[-1]['score']:.2f}")
+    np.savez_compressed(work / "features.npz", *features)
+    log(f"bootstrapping the differences ({resamples} resamplings, {'paired' if paired else 'unpaired'}) ...")
+    for result, diff in zip(results, paired_differences(features, reference, paired=paired, resamples=resamples)):
+        result.update(difference=diff.value, low=diff.low, high=diff.high)
+    first = features[0][:len(halves[0])]
+    floor = {"real_vs_real": baselines[0]["fd"], "n": len(first),
+             "baseline_vs_real_half": frechet_distance(FeatureStats.of(first), FeatureStats.of(halves[1]))}
+    result = {"command": command, "checkpoint": str(checkpoint), "config": manifest.config, "T": manifest.timesteps,
+              "classifier": model.info, "n": n, "seeds": list(seeds), "paired": paired, "resamples": resamples,
+              "reference_images": len(ref_features), "baselines": baselines, "rows": results, "floor": floor,
+              "targets": _targets(results), "resolution": _resolution(results), "threads": threads,
+              "load_average": load_average(), "duration_s": round(time.perf_counter() - began, 1)}
+    write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+    write_text_atomic(out.with_suffix(".md"), render_quality(result))
+    log(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')} and {out}/*.png "
+        f"({result['duration_s']:.0f} s; baseline {results[0]['name']}, FD {results[0]['fd']:.2f})")
+    return result
+
+
+def _targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per row at a target's step count: met (interval below the allowed excess), missed (above), or not resolved."""
+    base = rows[0]["fd"]
+    return [{"row": r["name"], "allowed": allowed, "excess": r["difference"] / base, "low": r["low"] / base,
+             "high": r["high"] / base,
+             "status": "met" if r["high"] <= allowed * base else "missed" if r["low"] > allowed * base else "not resolved"}
+            for r in rows[1:] for allowed in [TARGETS.get(r["steps"])] if allowed is not None]
+
+
+def _resolution(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The widest interval's half-width, as a share of the baseline's FD, and the n it would take to reach RESOLVE."""
+    base, n = rows[0]["fd"], rows[0]["n"]
+    widest = max([(r["high"] - r["low"]) / 2 / base for r in rows[1:]], default=0.0)
+    return {"widest_half_width": widest, "n": n, "n_needed": int(np.ceil(n * (widest / RESOLVE) ** 2))}
+
+
+def _percents(*values: float, base: float) -> str:
+    return "{:+.1f}% [{:+.1f}%, {:+.1f}%]".format(*(100 * v / base for v in values))
+
+
+def _histogram(row: Dict[str, Any]) -> str:
+    return " ".join(f"{100 * share:.0f}" for share in row["histogram"])
+
+
+def render_quality(result: Dict[str, Any]) -> str:
+    """The Markdown report of `run_quality`'s result."""
+    info, rows, res, floor = (result[k] for k in ("classifier", "rows", "resolution", "floor"))
+    base = rows[0]
+    body = [[b["name"], "", b["n"], "", f"{b['fd']:.2f}", "", "", f"{b['score']:.2f}", _histogram(b), ""]
+            for b in result["baselines"]]
+    body += [[r["name"], r["calls"], r["n"], f"{r['seconds']:.1f}", f"{r['fd']:.2f}",
+              f"{r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]",
+              _percents(r["difference"], r["low"], r["high"], base=base["fd"]), f"{r['score']:.2f}", _histogram(r),
+              f"![]({r['picture']})"] for r in rows]
+    pairing = "paired: every row on each seed's x_T and Brownian path, one set of resampled image indices for all" \
+        if result["paired"] else "unpaired: each row from its own seeds, resampled on its own"
+    lines = [f"# Sample quality\n\n`{result['command']}`: {result['duration_s']:.0f} s, load average "
+             f"{result['load_average']}. Model `{result['checkpoint']}` (T={result['T']}) on onnxruntime; features of a "
+             f"classifier trained on `{info.get('data')}` (test accuracy {100 * info.get('test_accuracy', 0):.1f}%); FD "
+             f"of {base['n']} samples per row (seeds {', '.join(map(str, result['seeds']))}) against "
+             f"{result['reference_images']} reference images; differences to {base['name']} ({pairing}; "
+             f"{result['resamples']} bootstrap resamplings, 95% interval). See docs/quality.md.\n",
+             table(["samples", "U-Net calls", "n", "seconds", "FD", f"FD - {base['name']} [95% interval]",
+                    "as % of its FD", "score", "class histogram (%)", "picture"], body),
+             f"\nFloor: real vs real {floor['real_vs_real']:.2f}; {base['name']}'s first {floor['n']} samples vs the "
+             f"second half {floor['baseline_vs_real_half']:.2f} ({floor['baseline_vs_real_half'] / floor['real_vs_real']:.2f}x). "
+             f"Widest interval ±{100 * res['widest_half_width']:.1f}% of {base['name']}'s FD at n = {res['n']}; "
+             f"±{100 * RESOLVE:.0f}% would take about n = {res['n_needed']}.\n"]
+    if result["targets"]:
+        lines += ["## Targets\n", table(["row", "allowed excess", "excess [95% interval]", "status"], [
+            [t["row"], f"{100 * t['allowed']:.0f}%", _percents(t["excess"], t["low"], t["high"], base=1.0), t["status"]]
+            for t in result["targets"]])]
+    return "\n".join(lines)

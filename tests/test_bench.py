@@ -70,7 +70,7 @@ def test_bench_quick_json_has_every_measurement(quick_bench):
 
 
 def test_a_report_without_a_peak_says_so(quick_bench):
-    from ms_ddpm.bench.report import render_markdown
+    from ms_ddpm.bench.latency import render_markdown
 
     _, _, result = quick_bench
     result = {**result, "peak": {"size": 2048, "engine": "onnxruntime MatMul (MLAS)"},

@@ -3,7 +3,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ms_ddpm.bench.flops import count_flops
+from ms_ddpm.bench.latency import count_flops
 
 
 def _graph() -> onnx.ModelProto:

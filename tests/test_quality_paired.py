@@ -4,8 +4,7 @@ import pytest
 
 from conftest import assert_clean_error, run_cli
 
-from ms_ddpm.bench.quality import FeatureStats, paired_differences
-from ms_ddpm.bench.quality_run import DEFAULT_ROWS, Row, parse_rows
+from ms_ddpm.bench.quality import DEFAULT_ROWS, FeatureStats, Row, paired_differences, parse_rows
 from ms_ddpm.runtime.errors import ToolkitError
 
 D, N, FRACTION = 8, 2000, 0.2
