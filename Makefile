@@ -26,7 +26,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[train,export,dev]"
+	$(PY) -m pip install --quiet -e ".[train,export,openvino,dev]"
 	touch $@
 
 # The MindSpore Lite native bridge (fetches the PyPI mindspore-lite 2.0.0 wheel into .cache/, compiles; no-op when built).

@@ -103,7 +103,7 @@ app.command("info")(runtime_commands.info)
 
 
 # `sample` options that only the runtime path (--artifact) uses.
-RUNTIME_ONLY = ("backend", "scheduler", "steps", "eta", "spacing", "clip_x0", "batch", "threads", "provider")
+RUNTIME_ONLY = ("backend", "scheduler", "steps", "eta", "spacing", "clip_x0", "batch", "threads", "provider", "precision")
 
 
 @app.command()
@@ -112,7 +112,7 @@ def sample(
     ctx: typer.Context,
     checkpoint: Optional[Path] = typer.Option(None, help="MindSpore reference path: a .ckpt file or run directory."),
     artifact: Optional[Path] = typer.Option(None, help="Runtime path: an exported model (.onnx, .mindir, .lite.mindir) with its manifest <artifact>.json beside it."),
-    backend: Optional[str] = typer.Option(None, help="Runtime backend: onnxruntime | mindspore | mslite (default: by the artifact's format)."),
+    backend: Optional[str] = typer.Option(None, help="Runtime backend: onnxruntime | openvino | mindspore | mslite (default: by the artifact's format; onnx: onnxruntime)."),
     scheduler: Optional[str] = typer.Option(None, help="Runtime scheduler: dpmpp-sde (default) | ddpm | ddim | dpmpp | dpmpp3m; "
                                                        "a sampler-step artifact runs the one it carries (the reference path is always DDPM)."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: T for ddpm, 50 for ddim, 20 for the DPM-Solvers)."),
@@ -127,6 +127,8 @@ def sample(
     npz: Optional[Path] = typer.Option(None, help="Also write the uint8 images as .npz (key: images)."),
     threads: Optional[int] = typer.Option(None, help="Runtime intra-op threads (default: the backend's)."),
     provider: Optional[List[str]] = typer.Option(None, help="onnxruntime execution provider(s), e.g. CUDAExecutionProvider."),
+    precision: Optional[str] = typer.Option(None, help="openvino: fp32 (default) | bf16 (CPUs with AMX or AVX512-BF16; "
+                                                       "its own end-to-end threshold: verify --precision bf16)."),
     progress: bool = typer.Option(True, help="Show a progress bar (only ever on a terminal)."),
 ) -> None:
     """Generate images, either from a checkpoint (MindSpore reference DDPM sampler) or from an exported artifact (runtime)."""
@@ -140,7 +142,8 @@ def sample(
     else:
         runtime_commands.sample_artifact(artifact, backend=backend, scheduler=scheduler, steps=steps, eta=eta, n=n,
                                          batch=batch, seed=seed, out=out, gif=gif, npz=npz, threads=threads,
-                                         providers=provider, spacing=spacing, clip_x0=clip_x0, progress=progress)
+                                         providers=provider, spacing=spacing, clip_x0=clip_x0, precision=precision,
+                                         progress=progress)
 
 
 def _refuse_runtime_options(ctx: typer.Context) -> None:

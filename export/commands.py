@@ -8,10 +8,12 @@ from typing import Optional
 
 import typer
 
+from ..runtime.backends import backend_for_format, check_backend
 from ..runtime.commands import check_artifact_path
+from ..runtime.equivalence import PRECISION_PSNR_MIN_DB, check_precision
 from ..runtime.errors import ToolkitError, VerificationFailed
 from ..runtime.files import check_output_dir
-from ..runtime.manifest import SamplerSettings
+from ..runtime.manifest import Manifest, SamplerSettings, manifest_path_for
 from ..runtime.schedulers import DEFAULT_SPACING, SCHEDULERS, SPACINGS
 from ..train import require_extra
 from ..train.run_paths import resolve_checkpoint_path
@@ -83,22 +85,35 @@ def verify(
     seed: int = _SEED,
     end_to_end: bool = typer.Option(False, "--end-to-end", help="Also run whole DDPM samples on the runtime and the "
                                     "MindSpore reference from the same noise (gate: PSNR >= 40 dB, max abs <= 1e-3)."),
+    backend: Optional[str] = typer.Option(None, help="Run the artifact on this runtime backend (e.g. openvino), in fp32, "
+                                                     "for the gates (default: the format's loader)."),
+    precision: Optional[str] = typer.Option(None, help="Also sample 16 images in this precision and in fp32 on the "
+                                                       "backend from the same noise (the gates run in fp32): "
+                                                       + ", ".join(f"{name} needs PSNR >= {bound:g} dB"
+                                                                   for name, bound in PRECISION_PSNR_MIN_DB.items()) + "."),
 ) -> None:
     """Re-run the numeric gate on an artifact against a checkpoint; print the table; exit 1 if it fails."""
     require_extra("export", "mindspore", "onnx")
     _check_thresholds(atol, min_cosine)
     check_artifact_path(artifact)
     resolve_checkpoint_path(checkpoint)
+    reduced = precision not in (None, "fp32")
+    if backend is not None or reduced:
+        manifest = Manifest.load(manifest_path_for(artifact))
+        backend = backend or backend_for_format(manifest.format)
+        check_backend(backend, artifact, manifest, precision)
     from .pipeline import GateSettings, verify_artifact
 
-    report = verify_artifact(artifact, checkpoint, GateSettings(atol, min_cosine, seed), log=_log)
+    report = verify_artifact(artifact, checkpoint, GateSettings(atol, min_cosine, seed), log=_log, backend=backend)
     typer.echo(format_report(report))
     if not report.passed:
         raise VerificationFailed(f"{artifact} does not compute what {checkpoint} computes (see the table above)")
     if end_to_end:
         from .end_to_end import check_end_to_end
 
-        check_end_to_end(artifact, checkpoint, seed=seed, log=typer.echo)
+        check_end_to_end(artifact, checkpoint, seed=seed, backend=backend, log=typer.echo)
+    if reduced:
+        check_precision(artifact, backend, precision, seed=seed, log=typer.echo)
 
 
 def sampler_settings(fmt: str, name: Optional[str], steps: Optional[int], eta: Optional[float], spacing: Optional[str],

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..train import prepare_mindspore
 prepare_mindspore()  # before MindSpore loads: oneDNN ISA cap, quiet logs
 from mindspore import nn
 
+from ..runtime.backends import import_library, open_backend
 from ..runtime.config import Config, ModelConfig
 from ..runtime.errors import ToolkitError, VerificationFailed, first_line
 from ..runtime.files import atomic_path, check_output_dir, sha256_file
@@ -86,21 +87,23 @@ def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Pat
     return out
 
 
-def verify_artifact(artifact: Path, checkpoint: Path, settings: GateSettings, log: Log) -> GateReport:
-    """Load the artifact as a consumer would and run the numeric gate against the checkpoint's model."""
+def verify_artifact(artifact: Path, checkpoint: Path, settings: GateSettings, log: Log,
+                    backend: Optional[str] = None) -> GateReport:
+    """Load the artifact as a consumer would (the format's loader, or the runtime's `backend` in fp32) and run the
+    numeric gate against the checkpoint's model."""
     if not artifact.is_file():
         raise ToolkitError(f"artifact not found: {artifact}")
     manifest = Manifest.load(manifest_path_for(artifact))
     module = format_module(manifest.format)
     settings.thresholds_for(module)
-    artifact_eps = None if manifest.sampler else module.load_eps(artifact)
+    loaded = None if manifest.sampler else _load_eps(module, artifact, manifest, backend)
     net, source = _load_source(checkpoint, log)
     _check_manifest_matches(manifest, source.config)
-    if manifest.sampler is None:
-        report = _run_gate(module, artifact, net, source.config, manifest.fixed_batch, settings, log, artifact_eps)
+    if loaded is not None:
+        report = _run_gate(module, artifact, net, source.config, manifest.fixed_batch, settings, log, loaded)
     else:
         report = run_step_gate(artifact, manifest, net, source, settings.over(STEP_THRESHOLDS[manifest.format]),
-                               settings.seed, log)
+                               settings.seed, log, backend)
     if sha256_file(artifact) != manifest.artifact_sha256:
         report.notes.append("the artifact's sha256 differs from its manifest's (the file changed after export)")
     if sha256_file(source.path) != manifest.source_checkpoint_sha256:
@@ -201,13 +204,22 @@ def _verification(request: ExportRequest, log: Log, gate: Callable[[], GateRepor
     return report.to_dict()
 
 
+def _load_eps(module: ModuleType, artifact: Path, manifest: Manifest, backend: Optional[str]) -> Tuple[EpsFn, str]:
+    """The artifact as `eps(x, t)` and the loader's name: the format's loader, or the runtime's `backend` (fp32)."""
+    if backend is None:
+        return module.load_eps(artifact), module.LOADER
+    version = import_library(backend).__version__
+    return open_backend(backend, artifact, manifest), f"{backend} {version} CPU, the runtime's backend"
+
+
 def _run_gate(module: ModuleType, artifact: Path, net: nn.Cell, config: Config, fixed_batch: Optional[int],
-              settings: GateSettings, log: Log, artifact_eps: Optional[EpsFn] = None) -> GateReport:
+              settings: GateSettings, log: Log, loaded: Optional[Tuple[EpsFn, str]] = None) -> GateReport:
+    artifact_eps, loader = loaded or (module.load_eps(artifact), module.LOADER)
     batch_sizes = gate_batch_sizes(fixed_batch)
-    log(f"verifying ({module.LOADER}) at batch sizes {', '.join(map(str, batch_sizes))} ...")
+    log(f"verifying ({loader}) at batch sizes {', '.join(map(str, batch_sizes))} ...")
     cases = gate_cases(config, settings.seed, batch_sizes)
-    return run_gate(artifact_eps or module.load_eps(artifact), source_eps(net, config.model), cases,
-                    settings.thresholds_for(module), settings.seed, module.LOADER)
+    return run_gate(artifact_eps, source_eps(net, config.model), cases, settings.thresholds_for(module),
+                    settings.seed, loader)
 
 
 def _check_manifest_matches(manifest: Manifest, config: Config) -> None:

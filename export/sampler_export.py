@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -99,13 +99,14 @@ def _export_unet(net: nn.Cell, source: Checkpoint, path: Path, request, log: Log
 
 
 def run_step_gate(artifact: Path, manifest: Manifest, net: nn.Cell, source: Checkpoint, thresholds: Thresholds,
-                  seed: int, log: Log) -> GateReport:
-    """The step artifact's whole trajectories vs the runtime's numpy loop around the MindSpore U-Net; then, for
-    DDPM at all T steps, the end-to-end check. `artifact`'s manifest must lie beside it."""
+                  seed: int, log: Log, backend: Optional[str] = None) -> GateReport:
+    """The step artifact's whole trajectories (on the runtime's `backend`; None: the format's default) vs the
+    runtime's numpy loop around the MindSpore U-Net; then, for DDPM at all T steps, the end-to-end check.
+    `artifact`'s manifest must lie beside it."""
     batches = (manifest.fixed_batch,) if manifest.fixed_batch else GATE_BATCHES
     reference = _reference(manifest, net, source)
     scheduler = manifest.sampler_settings.scheduler(reference.tables)
-    loader = f"{LOADERS[manifest.format]}, {manifest.sampler_settings.describe()}"
+    loader = f"{backend or LOADERS[manifest.format]}, {manifest.sampler_settings.describe()}"
     log(f"verifying the sampler step ({loader}) over whole trajectories at batch sizes "
         f"{', '.join(map(str, batches))} ...")
     noise: Dict[str, np.ndarray] = {}
@@ -113,13 +114,13 @@ def run_step_gate(artifact: Path, manifest: Manifest, net: nn.Cell, source: Chec
         x_T, step_noise = reference.draw_noise(batch, scheduler.noise_steps, seed)
         noise[f"x_T_{batch}"] = x_T
         noise[f"step_noise_{batch}"] = np.asarray(list(step_noise), np.float32).reshape(-1, *x_T.shape)
-    candidate = _denoise_in_child(artifact, noise)
+    candidate = _denoise_in_child(artifact, noise, backend)
     timesteps = scheduler.table().timesteps
     cases = [_case(batch, timesteps, reference.denoise(scheduler, noise[f"x_T_{batch}"], noise[f"step_noise_{batch}"]),
                    candidate[f"x0_{batch}"], thresholds) for batch in batches]
     report = GateReport(thresholds=thresholds, seed=seed, cases=cases, loader=f"{loader}: final x of the loop")
     if report.passed and manifest.samples_reference_ddpm:
-        report.notes.append(check_end_to_end(artifact, source.path, seed=seed, log=log).summary())
+        report.notes.append(check_end_to_end(artifact, source.path, seed=seed, backend=backend, log=log).summary())
     return report
 
 
@@ -137,11 +138,12 @@ def _case(batch: int, timesteps: np.ndarray, expected: np.ndarray, got: np.ndarr
     return case
 
 
-def _denoise_in_child(artifact: Path, noise: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """`python -m runtime.equivalence` on the artifact: x0_<batch> for each x_T_<batch>."""
+def _denoise_in_child(artifact: Path, noise: Dict[str, np.ndarray], backend: Optional[str]) -> Dict[str, np.ndarray]:
+    """`python -m runtime.equivalence` on the artifact (on `backend`; None: the format's): x0_<batch> for each x_T_<batch>."""
     with tempfile.TemporaryDirectory(prefix="step-gate.") as work:
         inputs, outputs = Path(work) / "noise.npz", Path(work) / "samples.npz"
         np.savez(inputs, **noise)
-        run_module("runtime.equivalence", artifact.resolve(), inputs, outputs, what="the sampler-step gate's runtime")
+        run_module("runtime.equivalence", artifact.resolve(), inputs, outputs, *(["--backend", backend] if backend else []),
+                   what="the sampler-step gate's runtime")
         with np.load(outputs, allow_pickle=False) as samples:
             return dict(samples)

@@ -3,19 +3,21 @@ state)` over a sampler-step model), whatever library runs it.
 
 A backend library is imported only when its backend is opened, so the runtime needs nothing but
 numpy (+ pillow for images) until then. Each entry of `BACKENDS` names a factory
-`factory(artifact, manifest, threads=..., providers=...) -> Runner` that runs one batch the artifact
-accepts; `Backend` wraps it with the artifact's batch policy (chunk to `batch`, pad to a fixed size).
+`factory(artifact, manifest, threads=..., providers=...) -> Runner` (and `precision=...` where it offers more
+than fp32) that runs one batch the artifact accepts; `Backend` wraps it with the artifact's batch policy
+(chunk to `batch`, pad to a fixed size).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import importlib.util
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,12 +38,16 @@ class BackendSpec:
     library: str  # the Python module it needs
     install: str  # how to install that module
     thread_safe: bool = False  # whether its runner may be called from several threads at once
+    precisions: Tuple[str, ...] = ("fp32",)  # the precisions it runs, the default first
 
 
 BACKENDS = {
     "onnxruntime": BackendSpec("onnx", ".backends:open_onnxruntime", "onnxruntime",
                                "pip install onnxruntime (or onnxruntime-gpu for CUDA)",
                                thread_safe=True),  # InferenceSession.run is documented as thread-safe
+    # OpenVINO's CPU plug-in: one infer request (not thread-safe); bf16 only when asked (runtime/equivalence.py).
+    "openvino": BackendSpec("onnx", ".backends:open_openvino", "openvino",
+                            "pip install openvino (or pip install 'ms-ddpm[openvino]')", precisions=("fp32", "bf16")),
     "mindspore": BackendSpec("mindir", ".backends:open_mindspore", "mindspore", "pip install mindspore==2.10.0"),
     # MindSpore Lite: its own package provides `.mslite.open_mslite`.
     "mslite": BackendSpec("mslite", ".mslite:open_mslite", "mindspore_lite",
@@ -107,23 +113,36 @@ def _zero_pad(array: np.ndarray, axis: int, size: int) -> np.ndarray:
 
 
 def open_backend(name: str, artifact: Path, manifest: Manifest, *, batch: Optional[int] = None,
-                 threads: Optional[int] = None, providers: Optional[Sequence[str]] = None) -> Backend:
-    """Open `artifact` with the named backend; every problem is a one-line ToolkitError."""
-    spec = BACKENDS.get(name)
-    if spec is None:
-        raise ToolkitError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if spec.format != manifest.format:
-        raise ToolkitError(f"the {name} backend runs {spec.format} artifacts, but {artifact} is {manifest.format} "
-                           f"(use --backend {backend_for_format(manifest.format)})")
+                 threads: Optional[int] = None, providers: Optional[Sequence[str]] = None,
+                 precision: Optional[str] = None) -> Backend:
+    """Open `artifact` with the named backend (`precision` None: its default, fp32); every problem is a
+    one-line ToolkitError."""
+    spec = check_backend(name, artifact, manifest, precision)
     if providers and name != "onnxruntime":
         raise ToolkitError("execution providers apply to the onnxruntime backend only")
     _check_positive(batch=batch, threads=threads)
     fixed = manifest.fixed_batch
     if fixed and batch and batch != fixed:
         raise ToolkitError(f"{artifact} was exported for batch size {fixed}; use --batch {fixed} or leave it out")
-    run = _factory(name)(artifact, manifest, threads=threads, providers=providers)
+    options = {"precision": precision or spec.precisions[0]} if len(spec.precisions) > 1 else {}
+    run = _factory(name)(artifact, manifest, threads=threads, providers=providers, **options)
     return Backend(name, run, fixed_batch=fixed, max_batch=batch, thread_safe=spec.thread_safe,
                    batch_axes=manifest.batch_axes)
+
+
+def check_backend(name: str, artifact: Path, manifest: Manifest, precision: Optional[str] = None) -> BackendSpec:
+    """The named backend's spec, if it runs `artifact` (of `manifest`) in `precision` (None: its default)."""
+    spec = BACKENDS.get(name)
+    if spec is None:
+        raise ToolkitError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if spec.format != manifest.format:
+        raise ToolkitError(f"the {name} backend runs {spec.format} artifacts, but {artifact} is {manifest.format} "
+                           f"(use --backend {backend_for_format(manifest.format)})")
+    if precision is not None and precision not in spec.precisions:
+        offering = [other for other, entry in BACKENDS.items() if precision in entry.precisions]
+        raise ToolkitError(f"the {name} backend runs {' or '.join(spec.precisions)}, not {precision!r}"
+                           + (f" ({precision}: --backend {' or '.join(offering)})" if offering else ""))
+    return spec
 
 
 def _factory(name: str) -> Callable[..., Runner]:
@@ -161,19 +180,85 @@ def open_onnxruntime(artifact: Path, manifest: Manifest, *, threads: Optional[in
     try:
         session, keep_cache = create_session(ort, artifact, providers, threads)  # options, optimised-model cache
     except Exception as exc:  # onnxruntime raises its own exception types with multi-line text
-        raise ToolkitError(f"corrupt or unreadable ONNX artifact: {artifact} ({first_line(exc)})") from exc
+        raise _unreadable_onnx(artifact, first_line(exc)) from exc
     if session.get_providers()[0] != providers[0]:
         raise ToolkitError(f"onnxruntime could not start {providers[0]} (it fell back to {session.get_providers()[0]})")
     check_signature(artifact, manifest, [_onnx_spec(arg) for arg in session.get_inputs()],
                     [_onnx_spec(arg) for arg in session.get_outputs()])
     keep_cache()  # only an artifact found good gets a cache beside it
+    return _named_runner(manifest, session.run)
+
+
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # precision -> OpenVINO's INFERENCE_PRECISION_HINT
+# MindSpore's oneDNN cap (train/__init__.py sets it in every process that loads MindSpore). OpenVINO's CPU plug-in
+# has its own oneDNN, which reads the variable once, when the plug-in loads: capped at AVX2 it would lose its
+# AVX-512/AMX kernels (bf16 would not even compile), so the plug-in loads without it.
+ONEDNN_ISA_VAR = "ONEDNN_MAX_CPU_ISA"
+
+
+def open_openvino(artifact: Path, manifest: Manifest, *, threads: Optional[int] = None,
+                  providers: Optional[Sequence[str]] = None, precision: str = "fp32") -> Runner:
+    """The ONNX on OpenVINO's CPU plug-in, in `precision` (pinned: on CPUs with AMX or AVX512-BF16 OpenVINO's
+    own default would be bf16); `threads` sets INFERENCE_NUM_THREADS."""
+    ov = import_library("openvino")
+    check_external_data(artifact)
+    core = ov.Core()
+    try:
+        model = core.read_model(str(artifact))
+    except RuntimeError as exc:  # OpenVINO's text: "Exception from <source file>" lines, the reason last
+        raise _unreadable_onnx(artifact, _last_line(exc)) from exc
+    check_signature(artifact, manifest, [_openvino_spec(port) for port in model.inputs],
+                    [_openvino_spec(port) for port in model.outputs])
+    with _without_env(ONEDNN_ISA_VAR):  # the first use of the CPU plug-in loads it, with its oneDNN
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if precision != "fp32" and precision.upper() not in capabilities:
+        raise ToolkitError(f"this CPU has no {precision} support in OpenVINO (it needs AVX512-BF16 or AMX); use fp32")
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
+              **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    try:
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+    except RuntimeError as exc:
+        raise ToolkitError(f"OpenVINO could not compile {artifact} in {precision}: {_last_line(exc)}") from exc
+
+    def infer(outputs: List[str], feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        results = request.infer(feeds)  # copies of the outputs
+        return [results[name] for name in outputs]
+
+    return _named_runner(manifest, infer)
+
+
+@contextlib.contextmanager
+def _without_env(name: str) -> Iterator[None]:
+    """The environment variable `name` unset for the duration (restored after)."""
+    value = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[name] = value
+
+
+def _named_runner(manifest: Manifest, infer: Callable[[List[str], Dict[str, np.ndarray]], Sequence[np.ndarray]]
+                  ) -> Runner:
+    """`run(*arrays)`: the manifest's inputs, in order, through `infer(output names, {input name: array})`;
+    returns the one output, or the outputs as a tuple."""
     names, outputs = [spec.name for spec in manifest.inputs], [spec.name for spec in manifest.outputs]
 
     def run(*arrays: np.ndarray) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
-        results = session.run(outputs, dict(zip(names, arrays)))
+        results = infer(outputs, dict(zip(names, arrays)))
         return results[0] if len(results) == 1 else tuple(results)
 
     return run
+
+
+def _unreadable_onnx(artifact: Path, reason: str) -> ToolkitError:
+    return ToolkitError(f"corrupt or unreadable ONNX artifact: {artifact} ({reason})")
+
+
+def _last_line(exc: BaseException, limit: int = 300) -> str:
+    """An OpenVINO exception's last line: its reason, after the lines naming OpenVINO's source files."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1].strip()[:limit] if lines else type(exc).__name__
 
 
 def open_mindspore(artifact: Path, manifest: Manifest, *, threads: Optional[int] = None,
@@ -206,6 +291,12 @@ _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(in
 
 def _onnx_spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, _ONNX_DTYPES.get(arg.type, arg.type), list(arg.shape))
+
+
+def _openvino_spec(port: Any) -> TensorSpec:
+    """An OpenVINO model input or output; a dynamic axis is "?" (free, as onnxruntime's symbolic ones)."""
+    return TensorSpec(port.get_any_name(), str(port.get_element_type().to_dtype()),
+                      [dim.get_length() if dim.is_static else str(dim) for dim in port.get_partial_shape()])
 
 
 def check_signature(artifact: Path, manifest: Manifest, inputs: List[TensorSpec], outputs: List[TensorSpec]) -> None:

@@ -31,12 +31,13 @@ def sample_artifact(artifact: Path, *, backend: Optional[str], scheduler: Option
                     eta: Optional[float],
                     n: int, batch: Optional[int], seed: int, out: Path, gif: Optional[Path], npz: Optional[Path],
                     threads: Optional[int], providers: Optional[Sequence[str]], spacing: Optional[str] = None,
-                    clip_x0: Optional[bool] = None, progress: bool = True) -> None:
+                    clip_x0: Optional[bool] = None, precision: Optional[str] = None, progress: bool = True) -> None:
     """Sample n images from an exported artifact; write the grid (+ GIF of the denoising, + .npz)."""
     check_outputs(out, gif, npz)
     from .pipeline import Sampler
 
-    sampler = Sampler.load(check_artifact_path(artifact), backend, batch=batch, threads=threads, providers=providers)
+    sampler = Sampler.load(check_artifact_path(artifact), backend, batch=batch, threads=threads, providers=providers,
+                           precision=precision)
     settings = sampler.settings(scheduler, steps, eta=eta, spacing=spacing, clip_x0=clip_x0)  # None: the default
     chosen = settings.scheduler(sampler.tables)
     frames: List[np.ndarray] = []

@@ -66,11 +66,14 @@ class Sampler:
 
     @classmethod
     def load(cls, artifact: Union[str, Path], backend: Optional[str] = None, *, batch: Optional[int] = None,
-             threads: Optional[int] = None, providers: Optional[Sequence[str]] = None) -> "Sampler":
-        """Open an artifact; `backend` defaults to the one for its format (onnx -> onnxruntime)."""
+             threads: Optional[int] = None, providers: Optional[Sequence[str]] = None,
+             precision: Optional[str] = None) -> "Sampler":
+        """Open an artifact; `backend` defaults to the one for its format (onnx -> onnxruntime), `precision` to
+        fp32 (bf16: the openvino backend, with its own end-to-end threshold, runtime/equivalence.py)."""
         path, manifest = load_artifact(artifact)
         backend = backend or backend_for_format(manifest.format)
-        return cls(open_backend(backend, path, manifest, batch=batch, threads=threads, providers=providers), manifest)
+        return cls(open_backend(backend, path, manifest, batch=batch, threads=threads, providers=providers,
+                                precision=precision), manifest)
 
     def settings(self, name: Optional[str] = None, steps: Optional[int] = None, *, eta: Optional[float] = None,
                  spacing: Optional[str] = None, clip_x0: Optional[bool] = None) -> SamplerSettings:
