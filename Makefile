@@ -14,7 +14,7 @@ MASTER_PORT ?= 8118
 
 # The sampler the demo bakes into its sampler-step artifacts and uses on the runtime (docs/quality.md).
 DEMO_SAMPLER := dpmpp-sde
-DEMO_STEPS   := 20
+DEMO_STEPS   := 10
 HOST         := runtime/hosts/cpp/build/ddpm-sample
 WEB          := runtime/hosts/web
 # Debian packages of the C++ host (JSON reader, PNG writer): installed with apt-get, as root, where missing.

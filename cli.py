@@ -115,7 +115,7 @@ def sample(
     backend: Optional[str] = typer.Option(None, help="Runtime backend: onnxruntime | openvino | mindspore | mslite (default: by the artifact's format; onnx: onnxruntime)."),
     scheduler: Optional[str] = typer.Option(None, help="Runtime scheduler: dpmpp-sde (default) | ddpm | ddim | dpmpp | dpmpp3m; "
                                                        "a sampler-step artifact runs the one it carries (the reference path is always DDPM)."),
-    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: T for ddpm, 50 for ddim, 20 for the DPM-Solvers)."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: T for ddpm, 50 for ddim, 10 for dpmpp-sde, 20 for dpmpp and dpmpp3m)."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (default 0 = deterministic, 1 = DDPM-like)."),
     spacing: Optional[str] = typer.Option(None, help="Timestep spacing with fewer steps than T: linspace | leading | trailing (default)."),
     clip_x0: Optional[bool] = typer.Option(None, "--clip-x0/--no-clip-x0", help="Clip each predicted x0 to [-1, 1] (default: no)."),

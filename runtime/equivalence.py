@@ -27,8 +27,9 @@ PSNR_MIN_DB = 40.0
 MAX_ABS = 1e-3
 # Images in a reduced precision vs fp32, same backend, noise and default scheduler (PRECISION_IMAGES images).
 # bf16 on OpenVINO 2026.4 (AMX Xeon), dpmpp-sde at 20 steps, 16 images, seeds 0-4: untrained tutorial-size
-# U-Net 50.2-50.6 dB, the `make demo` model trained 1,200 steps 56.8-58.1 dB (DDPM-200: 59.3 dB), the tests'
-# tiny U-Net 64.7-65.8 dB (its sampler-step artifact the same). The bound keeps 5 dB below the lowest.
+# U-Net 50.2-50.6 dB (at 10 steps, the default now: 50.0-50.1 dB), the `make demo` model trained 1,200 steps
+# 56.8-58.1 dB (DDPM-200: 59.3 dB), the tests' tiny U-Net 64.7-65.8 dB (its sampler-step artifact the same).
+# The bound keeps 5 dB below the lowest.
 PRECISION_PSNR_MIN_DB = {"bf16": 45.0}
 PRECISION_IMAGES = 16
 
