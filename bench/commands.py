@@ -117,8 +117,8 @@ def quality(
                                                   "eta 0 and 1, dpmpp-20, dpmpp-sde and dpmpp3m at 50, 20, 10, 5)."),
     n: int = typer.Option(1000, help="Samples per row and seed."),
     seeds: str = typer.Option("0", help="Comma-separated sampling seeds; each row pools its samples of every seed."),
-    paired: bool = typer.Option(True, "--paired/--unpaired", help="Paired: every row from the same seeds (the same "
-                                                                  "x_T and step noise), bootstrapped jointly; unpaired: "
+    paired: bool = typer.Option(True, "--paired/--unpaired", help="Paired: every row on each seed's x_T and "
+                                                                  "Brownian noise path, bootstrapped jointly; unpaired: "
                                                                   "each row from its own seeds, bootstrapped alone."),
     resamples: int = typer.Option(200, help="Bootstrap resamplings of the differences' intervals."),
     classifier: Optional[Path] = typer.Option(None, help="A classifier ONNX from `python -m ms_ddpm.bench.classifier` "
