@@ -9,7 +9,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -234,6 +234,14 @@ def _brownian_path(sampler: Sampler, n: int, seed: int) -> Tuple[np.ndarray, np.
     return x_T, np.stack(list(step_noise))
 
 
+def _coupled_noise(coupling: np.ndarray, fine: np.ndarray) -> Iterator[np.ndarray]:
+    """Each stochastic step's z: its row of `coupling` over the fine noise it spans (only those: a row has a
+    handful of non-zero weights, and the T-step chain's rows one)."""
+    for weights in coupling:
+        span = np.flatnonzero(weights)
+        yield np.tensordot(weights[span], fine[span], 1)
+
+
 def _with_mirrors(images: np.ndarray, hflip: bool) -> np.ndarray:
     return np.concatenate([images, images[:, :, ::-1]]) if hflip else images
 
@@ -280,13 +288,13 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int, seeds: Seque
     for k, row in enumerate(rows):
         logits, feats, seconds = [], [], 0.0
         scheduler = sampler.scheduler(row.scheduler, row.steps, eta=row.eta, spacing=row.spacing, clip_x0=row.clip_x0)
-        coupling = brownian_coupling(scheduler.table(), sampler.tables)
+        coupling = brownian_coupling(scheduler.table(), sampler.tables) if paired else None
         for seed in seeds if paired else [seed + 1000 * k for seed in seeds]:
             log(f"sampling {n} images: {row.label}, seed {seed} ...")
             started = time.perf_counter()
             if paired:
                 x_T, fine = paths[seed]
-                samples = to_uint8(sampler.denoise(scheduler, x_T, (np.tensordot(w, fine, 1) for w in coupling)))
+                samples = to_uint8(sampler.denoise(scheduler, x_T, _coupled_noise(coupling, fine)))
             else:
                 samples = sampler.sample(n, scheduler, seed=seed)
             seconds += time.perf_counter() - started

@@ -77,9 +77,9 @@ class Sampler:
 
     def settings(self, name: Optional[str] = None, steps: Optional[int] = None, *, eta: Optional[float] = None,
                  spacing: Optional[str] = None, clip_x0: Optional[bool] = None) -> SamplerSettings:
-        """The scheduler settings asked for (None: the default). A U-Net takes any (default dpmpp-sde: DEFAULT_SCHEDULER; steps T for ddpm,
-        50 for ddim, 10 for dpmpp-sde, 20 for dpmpp and dpmpp3m; eta 0, trailing spacing, no clipping); a sampler-step model only the
-        ones it carries, which are also its defaults."""
+        """The scheduler settings asked for (None: the default). A U-Net takes any (default: DEFAULT_SCHEDULER,
+        dpmpp-sde, with `DEFAULT_STEPS`; eta 0, trailing spacing, no clipping); a sampler-step model only the ones
+        it carries, which are also its defaults."""
         if self.carries is None:
             return SamplerSettings(name or DEFAULT_SCHEDULER, steps, eta or 0.0, spacing or DEFAULT_SPACING, bool(clip_x0))
         asked = {"name": name, "steps": steps, "eta": eta, "spacing": spacing, "clip_x0": clip_x0}
