@@ -30,7 +30,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from .runtime.errors import DEBUG_ENV, ToolkitError, run_main
+from .runtime.errors import DEBUG_ENV, ToolkitError, check_minimum, run_main
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and deploy the MindSpore tutorial's DDPM.")
@@ -134,8 +134,7 @@ def sample(
     """Generate images, either from a checkpoint (MindSpore reference DDPM sampler) or from an exported artifact (runtime)."""
     if (checkpoint is None) == (artifact is None):
         raise ToolkitError("give exactly one of --checkpoint (MindSpore reference) or --artifact (runtime)")
-    if n < 1:
-        raise ToolkitError(f"--n must be >= 1, got {n}")
+    check_minimum("--n", n)
     if checkpoint is not None:
         _refuse_runtime_options(ctx)
         train_commands.sample_reference(checkpoint, n=n, seed=seed, out=out, gif=gif, npz=npz, progress=progress)

@@ -1,1 +1,1 @@
-"""`cli.py bench`: latency, throughput and FLOP efficiency of every backend, measured in one run."""
+"""The bench: a harness of worker processes (harness.py), U-Net latency (`ms-ddpm bench`), sample quality (`ms-ddpm quality`)."""

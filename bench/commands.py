@@ -13,7 +13,7 @@ from typing import Iterator, Optional, Tuple
 
 import typer
 
-from ..runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError, check_minimum
 from ..runtime.files import check_output_dir
 
 
@@ -33,13 +33,6 @@ def _outputs(out: Path) -> Path:
     return out
 
 
-def _check_minimums(**values: Tuple[Optional[int], int]) -> None:
-    """Each option's (value, minimum); a value of None was not given."""
-    for name, (value, minimum) in values.items():
-        if value is not None and value < minimum:
-            raise ToolkitError(f"--{name} must be >= {minimum}, got {value}")
-
-
 def _ints(text: str, option: str, minimum: int) -> Tuple[int, ...]:
     """Comma-separated integers >= `minimum`."""
     values = tuple(v.strip() for v in text.split(",") if v.strip())
@@ -50,19 +43,13 @@ def _ints(text: str, option: str, minimum: int) -> Tuple[int, ...]:
 
 @contextlib.contextmanager
 def _scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
-    """`work` (created if missing, and removed again if left empty), or a temporary folder removed at the end."""
-    if work is None:
-        with tempfile.TemporaryDirectory(prefix=prefix) as folder:
-            yield Path(folder)
-        return
-    created = not work.exists()
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    """`work` (created if missing), or a temporary folder removed at the end."""
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
         yield work
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                work.rmdir()  # only when left empty
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield Path(folder)
 
 
 def _command_line() -> str:
@@ -75,7 +62,7 @@ def bench(
                                                         "unless --checkpoint is given."),
     checkpoint: Optional[Path] = typer.Option(None, help="Model to time (.ckpt or run directory); default: an untrained "
                                                          "tutorial-size U-Net (tiny with --quick)."),
-    work: Optional[Path] = typer.Option(None, help="Keeps the exported models and worker logs here (default: a "
+    work: Optional[Path] = typer.Option(None, help="Keeps the exported models here (default: a "
                                                    "temporary folder, removed at the end)."),
     batches: str = typer.Option("1,16,64", help="U-Net batch sizes to time."),
     repeats: Optional[int] = typer.Option(None, help="Timed calls per engine and batch (default 10; 3 with --quick)."),
@@ -92,7 +79,8 @@ def bench(
     engines = tuple(b.strip() for b in backends.split(",") if b.strip())
     if not engines or set(engines) - set(ENGINES):
         raise ToolkitError(f"--backends takes {', '.join(ENGINES)}; got {backends!r}")
-    _check_minimums(threads=(threads, 1), images=(images, 1), repeats=(repeats, 1))
+    for option, value in (("--threads", threads), ("--images", images), ("--repeats", repeats)):
+        check_minimum(option, value)
     batch_sizes = _ints(batches, "--batches", 1)
     out = _outputs(out)
     checkpoint, work = _absolute(checkpoint, "checkpoint"), _absolute(work)
@@ -117,11 +105,8 @@ def quality(
                                                   "eta 0 and 1, dpmpp-20, dpmpp-sde and dpmpp3m at 50, 20, 10, 5)."),
     n: int = typer.Option(1000, help="Samples per row and seed."),
     seeds: str = typer.Option("0", help="Comma-separated sampling seeds; each row pools its samples of every seed."),
-    paired: bool = typer.Option(True, "--paired/--unpaired", help="Paired: every row on each seed's x_T and "
-                                                                  "Brownian noise path, bootstrapped jointly; unpaired: "
-                                                                  "each row from its own seeds, bootstrapped alone."),
     resamples: int = typer.Option(200, help="Bootstrap resamplings of the differences' intervals."),
-    classifier: Optional[Path] = typer.Option(None, help="A classifier ONNX from `python -m ms_ddpm.bench.classifier` "
+    classifier: Optional[Path] = typer.Option(None, help="A classifier ONNX from an earlier run's WORK/classifier.onnx "
                                                          "(default: train one into WORK, or reuse it)."),
     classifier_steps: int = typer.Option(800, help="Training steps of the classifier."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: its own)."),
@@ -130,12 +115,13 @@ def quality(
     the first row with a bootstrap interval, score, class histogram, a picture per row."""
     from .quality import DEFAULT_ROWS, parse_rows, run_quality
 
-    _check_minimums(n=(n, 2), resamples=(resamples, 10))
+    check_minimum("--n", n, 2)
+    check_minimum("--resamples", resamples, 10)
     row_specs = parse_rows(DEFAULT_ROWS if rows is None else rows)
     seed_values = _ints(seeds, "--seeds", 0)
     out = _outputs(out)
     checkpoint, classifier = _absolute(checkpoint, "checkpoint"), _absolute(classifier, "classifier")
     with _scratch(_absolute(work), "ms-ddpm-quality.") as folder:
-        run_quality(checkpoint, out, work=folder, n=n, seeds=seed_values, rows=row_specs, paired=paired,
+        run_quality(checkpoint, out, work=folder, n=n, seeds=seed_values, rows=row_specs,
                     resamples=resamples, classifier=classifier, classifier_steps=classifier_steps, threads=threads,
                     log=typer.echo, command=_command_line())

@@ -1,31 +1,29 @@
-"""The bench's harness: workers (`python -m ms_ddpm.bench.harness SPEC`, one engine each, answering one JSON
-command per stdin line), the rotation that times them in turn with a short pause between them (one's spinning
-threads go idle before the next: a busy machine slows all alike, and the ratios hold), statistics, the machine."""
+"""The bench's harness: workers (one spawned process per engine, called over a pipe), the rotation that times
+them in turn with a short pause between them (one's spinning threads go idle before the next: a busy machine
+slows all alike, and the ratios hold), statistics, the machine."""
 from __future__ import annotations
 
 import contextlib
-import json
+import multiprocessing
 import os
 import platform
+import signal
 import statistics
-import subprocess
-import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata, util
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..export.gate import gate_cases
 from ..runtime.cpu import cpu_flags, cpu_model
-from ..runtime.errors import ToolkitError, first_line, run_main
+from ..runtime.errors import ToolkitError, first_line
 from ..runtime.pipeline import Sampler
-from ..runtime.processes import error_line, module_command, quiet_env
 
-REPLY_PREFIX = "@@bench "  # a child's answers are single lines with this prefix: libraries print to stdout too
 PAUSE_S = 0.03
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "hypervisor")
+SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: each child loads only its own libraries
 Log = Callable[[str], None]
 
 
@@ -33,14 +31,10 @@ class WorkerFailed(ToolkitError):
     """A worker that could not open, answered with an error, or exited."""
 
 
-def reply(payload: Dict[str, Any]) -> None:
-    """A child's answer to the parent: one prefixed JSON line."""
-    print(REPLY_PREFIX + json.dumps(payload), flush=True)
-
-
-def replies(lines: Iterable[str]) -> Iterator[Dict[str, Any]]:
-    """The answers among a child's output lines."""
-    return (json.loads(line[len(REPLY_PREFIX):]) for line in lines if line.startswith(REPLY_PREFIX))
+def in_child(function: Callable[..., Any], **kwargs: Any) -> Any:
+    """function(**kwargs) in a fresh process (MindSpore stays out of this one); its exception is raised here."""
+    with ProcessPoolExecutor(1, mp_context=SPAWN) as pool:
+        return pool.submit(function, **kwargs).result()
 
 
 def onnx_session(model: Any, threads: Optional[int] = None) -> Any:
@@ -55,28 +49,27 @@ def onnx_session(model: Any, threads: Optional[int] = None) -> Any:
 class Worker:
     """The parent's handle on one worker: send(op, ...), then receive() its answer."""
 
-    def __init__(self, label: str, spec: Dict[str, Any], env: Dict[str, str], log_dir: Path):
+    def __init__(self, label: str, spec: Dict[str, Any]):
         self.label = label
-        self.log_path = log_dir / f"worker-{label.replace(' ', '_').replace('/', '_')}.log"
-        with self.log_path.open("w") as stderr:
-            self.proc = subprocess.Popen(module_command("bench.harness", json.dumps(spec)), stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=stderr, text=True, env={**quiet_env(), **env})
+        self.pipe, child_end = SPAWN.Pipe()
+        self.proc = SPAWN.Process(target=serve, args=(child_end, spec), name=f"bench {label}")
+        self.proc.start()
+        child_end.close()
 
     def send(self, op: str, **kwargs: Any) -> None:
         try:
-            self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
-            self.proc.stdin.flush()
+            self.pipe.send((op, kwargs))
         except OSError as exc:
-            raise WorkerFailed(f"{self.label}: the worker is gone (see {self.log_path})") from exc
+            raise WorkerFailed(f"{self.label}: the worker is gone (exit code {self.proc.exitcode})") from exc
 
     def receive(self) -> Dict[str, Any]:
-        answer = next(replies(self.proc.stdout), None)
-        if answer is None:
-            code, stderr = self.proc.wait(), self.log_path.read_text(errors="replace")
-            detail = error_line(stderr) or next(reversed(stderr.strip().splitlines()), "no output")
-            raise WorkerFailed(f"{self.label}: the worker exited with code {code}: {detail[:300]}")
-        if "error" in answer:
-            raise WorkerFailed(f"{self.label}: {answer['error']}")
+        try:
+            ok, answer = self.pipe.recv()
+        except (EOFError, OSError) as exc:
+            self.proc.join(30)
+            raise WorkerFailed(f"{self.label}: the worker exited with code {self.proc.exitcode}") from exc
+        if not ok:
+            raise WorkerFailed(f"{self.label}: {answer}")
         return answer
 
     def ask(self, op: str, **kwargs: Any) -> Dict[str, Any]:
@@ -84,20 +77,17 @@ class Worker:
         return self.receive()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()  # the worker's loop ends at end of input
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        self.pipe.close()  # the worker's loop ends at end of input
+        self.proc.join(30)
+        if self.proc.is_alive():
             self.proc.kill()
-            self.proc.wait()
+            self.proc.join()
 
 
-def start_workers(specs: Dict[str, Tuple[Dict[str, Any], Dict[str, str]]], log_dir: Path,
-                  errors: Dict[str, str]) -> Dict[str, Worker]:
-    """Start every (spec, env) side by side; those that fail to open are reported in `errors` and left out."""
+def start_workers(specs: Dict[str, Dict[str, Any]], errors: Dict[str, str]) -> Dict[str, Worker]:
+    """Start every worker side by side; those that fail to open are reported in `errors` and left out."""
     ready = {}
-    for label, worker in [(label, Worker(label, spec, env, log_dir)) for label, (spec, env) in specs.items()]:
+    for label, worker in [(label, Worker(label, spec)) for label, spec in specs.items()]:
         try:
             worker.receive()
             ready[label] = worker
@@ -121,7 +111,7 @@ def rotate(workers: Dict[str, Worker], op: str, args: Dict[str, Any], repeats: i
             try:
                 yield label, call(workers[label])
             except WorkerFailed as exc:
-                errors[f"{label} ({op} {json.dumps(args)})"] = str(exc)
+                errors[f"{label} ({op} {args})"] = str(exc)
                 owed[label] = 0
 
     list(each(lambda worker: worker.send(op, **args, calls=0)))  # the warm-ups run side by side
@@ -187,6 +177,10 @@ class Engine:
     """A worker's engine: a runtime backend (`kind`) in a Sampler on a U-Net artifact, or kind "matmul"."""
 
     def __init__(self, kind: str, artifact: str = "", size: int = 0, threads: Optional[int] = None):
+        if kind == "mindspore":
+            from ..train import prepare_mindspore
+
+            prepare_mindspore()  # as the toolkit runs MindSpore: oneDNN capped at AVX2 on AVX-512 CPUs
         if kind == "matmul":
             self.sampler, self.call = None, matmul_call(size, threads)
         else:
@@ -205,11 +199,6 @@ class Engine:
         args = self._inputs(batch)
         return {"times": [timed(self.call, *args)[1] for _ in range(max(calls, 1))][:calls]}
 
-    def output(self, batch: int, path: str) -> Dict[str, Any]:
-        """eps on the inputs of `batch`, saved as .npy at `path`."""
-        np.save(path, self.call(*self._inputs(batch)))
-        return {"path": path}
-
     def sample(self, n: int, scheduler: str, steps: int) -> Dict[str, Any]:
         """Seconds of `Sampler.sample(n, scheduler, steps)`, and the part spent in its U-Net calls."""
         spent = []
@@ -223,24 +212,21 @@ class Engine:
         return {"seconds": seconds, "unet_s": sum(spent), "unet_calls": len(spent)}
 
 
-def main() -> None:
-    spec = json.loads(sys.argv[1])
+def serve(pipe: Any, spec: Dict[str, Any]) -> None:
+    """A worker's loop: open the engine, then answer each (op, kwargs) with (ok, answer) until the pipe closes.
+    Ctrl-C is the parent's to handle: it closes the pipes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         engine = Engine(**spec)
-    except ToolkitError:
-        raise
+        pipe.send((True, {"ready": True}))
     except Exception as exc:  # an engine that cannot open: one line for the parent's table
-        raise ToolkitError(f"cannot open {spec['kind']}: {type(exc).__name__}: {first_line(exc)}") from exc
-    reply({"ready": True})
-    for line in sys.stdin:
-        command = json.loads(line)
-        try:
-            reply(getattr(engine, command.pop("op"))(**command))
-        except Exception as exc:  # the parent reports it and carries on without this worker's row
-            reply({"error": f"{type(exc).__name__}: {first_line(exc)}"})
-    sys.stdout.flush()
+        pipe.send((False, f"cannot open {spec['kind']}: {type(exc).__name__}: {first_line(exc)}"))
+        engine = None
+    with contextlib.suppress(EOFError, OSError):  # the pipe closed
+        while engine is not None:
+            op, kwargs = pipe.recv()
+            try:
+                pipe.send((True, getattr(engine, op)(**kwargs)))
+            except Exception as exc:  # the parent reports it and carries on without this worker's row
+                pipe.send((False, f"{type(exc).__name__}: {first_line(exc)}"))
     os._exit(0)  # skip library exit-time destructors (Lite's has crashed at exit)
-
-
-if __name__ == "__main__":
-    run_main(main)

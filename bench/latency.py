@@ -1,43 +1,35 @@
-"""`ms-ddpm bench`: U-Net latency per engine against the fp32 MatMul peak, their agreement, and end-to-end
+"""`ms-ddpm bench`: U-Net latency per engine against the fp32 MatMul peak, and end-to-end
 sampling against its U-Net calls; Markdown + JSON. This process only orchestrates: the models are exported in a
-child (`python -m ms_ddpm.bench.latency SPEC`), every measurement runs in a worker (bench/harness.py)."""
+child process, every measurement runs in a worker (bench/harness.py)."""
 from __future__ import annotations
 
 import datetime
 import json
-import sys
 import time
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import onnx
 
-from ..export.gate import compare
 from ..runtime.backends import BACKENDS
-from ..runtime.cpu import cpu_flags
-from ..runtime.errors import ToolkitError, first_line, run_main
+from ..runtime.errors import ToolkitError, first_line
 from ..runtime.files import write_text_atomic
 from ..runtime.manifest import Manifest, manifest_path_for
-from ..runtime.processes import run_module
 
-from .harness import Log, Worker, WorkerFailed, load_average, machine, replies, reply, rotate, start_workers, summarize, \
-    table
+from .harness import Log, Worker, WorkerFailed, in_child, load_average, machine, rotate, start_workers, summarize, table
 
 ENGINES = tuple(BACKENDS)
 PEAK = "fp32 matmul peak"
 MATMUL_SIZE = 2048
 E2E_RUNS = (("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10))
 SCHEDULER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}
-AGREEMENT_BATCH = 4
-Rows = Dict[str, Tuple[Dict[str, Any], Dict[str, str]]]  # label -> (worker spec, environment)
 
 
 @dataclass
 class BenchSettings:
-    work: Path  # absolute: models, worker logs
+    work: Path  # absolute: the exported models
     quick: bool  # a tiny model (without `checkpoint`), 3 calls per engine and batch, 2 s of calls at most
     checkpoint: Optional[Path]  # None: an untrained model (tutorial-size, or tiny with `quick`)
     batches: Tuple[int, ...]
@@ -107,33 +99,23 @@ def make_models(work: str, formats: List[str], checkpoint: Optional[str], tiny: 
             out = Path(work) / f"unet{'-' + graph if graph else ''}{format_module(fmt).SUFFIX}"
             try:
                 export_checkpoint(Path(result["checkpoint"]), ExportRequest(fmt, out, gate=None, optimize=optimize),
-                                  log=lambda line: print(line, file=sys.stderr))
+                                  log=lambda line: None)  # the bench logs its own progress
                 result["artifacts"].append({"format": fmt, "graph": graph, "path": str(out)})
             except Exception as exc:  # a format that cannot be made here (e.g. no Lite bridge) is reported
                 result["errors"][f"export {fmt}"] = f"{type(exc).__name__}: {first_line(exc)}"
     return result
 
 
-def onednn_settings(flags: Set[str]) -> Dict[str, Dict[str, str]]:
-    """MindSpore's two rows: with the oneDNN AVX2 cap (where the CPU has AVX2) and without a cap."""
-    capped = {"AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}} if "avx2" in flags else {}
-    return {**capped, "ALL": {"ONEDNN_MAX_CPU_ISA": "ALL"}}
-
-
-def engine_rows(s: BenchSettings, artifacts: List[Dict[str, Any]], flags: Set[str], missing: Dict[str, str]) -> Rows:
-    """Every requested engine on every artifact of its format; what cannot run goes to `missing`."""
-    rows: Rows = {}
+def engine_rows(s: BenchSettings, artifacts: List[Dict[str, Any]], missing: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+    """A worker spec per requested engine and artifact of its format; an engine without one goes to `missing`."""
+    rows = {}
     for engine in s.engines:
         spec = BACKENDS[engine]
         if not any(a["format"] == spec.format for a in artifacts):
             missing[engine] = f"no {spec.format} export (see Not measured)"
-        if engine == "mindspore" and "avx2" not in flags:
-            missing["mindspore AVX2"] = "the CPU has no AVX2"
         for artifact in [a for a in artifacts if a["format"] == spec.format]:
             label = engine + (f" ({artifact['graph']} graph)" if artifact["graph"] else "")
-            worker = {"kind": engine, "artifact": artifact["path"], "threads": s.threads}
-            settings = onednn_settings(flags) if engine == "mindspore" else {"": {}}
-            rows.update({f"{label} {isa}".strip(): (worker, env) for isa, env in settings.items()})
+            rows[label] = {"kind": engine, "artifact": artifact["path"], "threads": s.threads}
     return rows
 
 
@@ -156,7 +138,6 @@ class Bench:
         try:
             self._start_workers()
             self._unet_latency()
-            self._agreement()
             self._end_to_end()
         finally:
             for worker in self.workers.values():
@@ -167,10 +148,9 @@ class Bench:
 
     def _prepare(self) -> None:
         self.log("preparing models (checkpoint -> exports) ...")
-        request = {"work": str(self.s.work), "formats": sorted({BACKENDS[e].format for e in self.s.engines} | {"onnx"}),
-                   "checkpoint": self.s.checkpoint and str(self.s.checkpoint), "tiny": self.s.quick}
-        done = run_module("bench.latency", json.dumps(request), what="preparing the models")
-        models = next(replies(done.stdout.splitlines()))
+        models = in_child(make_models, work=str(self.s.work), tiny=self.s.quick,
+                          formats=sorted({BACKENDS[e].format for e in self.s.engines} | {"onnx"}),
+                          checkpoint=self.s.checkpoint and str(self.s.checkpoint))
         self.errors.update(models["errors"])
         onnx_path = next((a["path"] for a in models["artifacts"] if a["format"] == "onnx"), None)
         if onnx_path is None:
@@ -180,21 +160,16 @@ class Bench:
                            self.manifest.timesteps, "gflop_per_image": self.flops_per_image / 1e9})
 
     def _start_workers(self) -> None:
-        rows = engine_rows(self.s, self.result["models"]["artifacts"], cpu_flags() or set(), self.missing)
-        rows[PEAK] = ({"kind": "matmul", "size": MATMUL_SIZE, "threads": self.s.threads}, {})
+        rows = engine_rows(self.s, self.result["models"]["artifacts"], self.missing)
+        rows[PEAK] = {"kind": "matmul", "size": MATMUL_SIZE, "threads": self.s.threads}
         self.log(f"starting workers: {', '.join(rows)} ...")
-        self.workers = start_workers(rows, self.s.work, self.errors)
+        self.workers = start_workers(rows, self.errors)
         self.missing.update({label: "failed (see Not measured)" for label in rows if label not in self.workers})
-
-    def _alive(self, peak: bool = False) -> Dict[str, Worker]:
-        """The workers still running: the U-Net engines, and the peak MatMul if `peak`."""
-        return {label: worker for label, worker in self.workers.items()
-                if (peak or label != PEAK) and worker.proc.poll() is None}
 
     def _unet_latency(self) -> None:
         rows, peak_times = [], []
         for batch in self.s.batches:
-            workers = self._alive(peak=True)
+            workers = {label: worker for label, worker in self.workers.items() if worker.proc.is_alive()}
             self.log(f"U-Net calls at batch {batch} ({', '.join(workers)}; in turn) ...")
             measured = rotate(workers, "time", {"batch": batch}, self.s.repeats, self.s.budget_s, self.errors)
             peak_times += measured.pop(PEAK, [])
@@ -208,22 +183,11 @@ class Bench:
             row["vs_first"] = row["median_s"] / next(r for r in rows if r["batch"] == row["batch"])["median_s"]
         self.result["unet"] = rows
 
-    def _agreement(self) -> None:
-        """Every engine's output on the same inputs against the first engine's (the export gate's measures)."""
-        outputs = {}
-        for label, worker in self._alive().items():
-            try:
-                saved = worker.ask("output", batch=AGREEMENT_BATCH, path=str(self.s.work / f"eps-{len(outputs)}.npy"))
-                outputs[label] = np.load(saved["path"], allow_pickle=False)
-            except WorkerFailed as exc:
-                self.errors[f"{label} (output)"] = str(exc)
-        reference = next(iter(outputs.values()), None)
-        self.result["agreement"] = {label: compare(reference, eps) for label, eps in outputs.items()}
-
     def _end_to_end(self) -> None:
         """`Sampler.sample` per scheduler on the first engine, against the time spent in its U-Net calls."""
         runs, n = [], self.s.images
-        engine, worker = next(iter(self._alive().items()), (None, None))
+        engine, worker = next(((label, worker) for label, worker in self.workers.items()
+                               if label != PEAK and worker.proc.is_alive()), (None, None))
         for name, steps in E2E_RUNS if worker else ():
             steps = min(steps, self.manifest.timesteps)
             self.log(f"end to end: {n} images, {name}-{steps} ({engine}) ...")
@@ -261,7 +225,7 @@ def milliseconds(seconds: float) -> str:
 
 
 def render_markdown(result: Dict[str, Any]) -> str:
-    """Machine, model and peak; U-Net calls per engine and their agreement; end to end; what was not measured."""
+    """Machine, model and peak; U-Net calls per engine; end to end; what was not measured."""
     m, model, peak, e2e = result["machine"], result["model"], result["peak"], result["end_to_end"]
     cfg, first = model["config"], next((r["backend"] for r in result["unet"]), "the first engine")
     unet = [[r["backend"], r["batch"], r["n"], milliseconds(r["median_s"]), milliseconds(r["min_s"]),
@@ -284,10 +248,7 @@ def render_markdown(result: Dict[str, Any]) -> str:
            "\n## U-Net, one call\n\nEngines timed in turn, one call each; median and min over the calls (a slow engine "
            f"gets fewer: see n). *x first* is median time over {first}'s at the same batch.\n",
            table(["backend", "batch", "n", "median ms", "min ms", "GFLOP/s median", "GFLOP/s best", "% of peak",
-                  "x first"], unet),
-           f"\nAgreement with {first} on the same batch of {AGREEMENT_BATCH} (the export gate's measures):\n",
-           table(["backend", "max abs", "cosine", "error"], [[label, number(a.get("max_abs"), 7),
-                 number(a.get("cosine"), 7), a.get("error", "")] for label, a in result["agreement"].items()])]
+                  "x first"], unet)]
     if e2e["runs"]:
         out += [f"\n## End to end: {e2e['images']} images\n\n`Sampler.sample` on {e2e['engine']}, one run each, batch "
                 f"{e2e['images']} per U-Net call; *U-Net s* is the time spent inside the U-Net calls of that run, "
@@ -299,6 +260,3 @@ def render_markdown(result: Dict[str, Any]) -> str:
         out += ["\n## Not measured\n\n"] + [f"- {k}: {v}\n" for k, v in result["errors"].items()]
     return "\n".join(out)
 
-
-if __name__ == "__main__":
-    run_main(lambda: reply(make_models(**json.loads(sys.argv[1]))))

@@ -1,6 +1,6 @@
 """`ms-ddpm quality`: sample quality per sampler, FID's formula on the features of a classifier trained on the
-model's own data (bench/classifier.py, in a child with MindSpore), run like the sampling on onnxruntime. Paired
-rows follow each seed's x_T and Brownian path (`brownian_coupling`); docs/quality.md has the details."""
+model's own data (train/classifier.py, in a child with MindSpore), run like the sampling on onnxruntime. Every
+row follows each seed's x_T and Brownian path (`brownian_coupling`); docs/quality.md has the details."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,14 +20,15 @@ from ..runtime.manifest import Manifest, manifest_path_for
 from ..runtime.pipeline import Sampler
 from ..runtime.processes import run_module
 from ..runtime.schedulers import DEFAULT_SPACING, SCHEDULERS, SPACINGS, brownian_coupling
+from ..train.classifier import train_classifier
+from ..train.data import load_labeled_images, to_model_range
 
-from .harness import Log, load_average, onnx_session, table
+from .harness import Log, in_child, load_average, onnx_session, table
 
 NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++(2M)", "dpmpp-sde": "DPM-Solver++(2M) SDE",
          "dpmpp3m": "DPM-Solver++(3M)"}
 DEFAULT_ROWS = ("ddpm:200,ddpm:50,ddim:50:eta=0,ddim:50:eta=1,dpmpp:20,"
                 + ",".join(f"{name}:{steps}" for name in ("dpmpp-sde", "dpmpp3m") for steps in (50, 20, 10, 5)))
-TARGETS = {20: 0.05, 10: 0.10}  # steps: allowed FD excess over the baseline row's
 RESOLVE = 0.05  # an interval resolves a row when its half-width is at most this share of the baseline's FD
 GRID = 36
 
@@ -84,32 +85,6 @@ def class_histogram(logits: np.ndarray, classes: int) -> np.ndarray:
     return counts / max(1, counts.sum())
 
 
-def labeled_images(data: str, image_size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(uint8 images (N, H, W, 1), int labels): the embedded digits, or an IDX folder with train-images/-labels."""
-    from ..train.data import _fit, load_digits_images, read_idx
-
-    if data == "digits":
-        from sklearn.datasets import load_digits
-
-        return _fit(load_digits_images(), image_size, 1, data), load_digits().target.astype(np.int64)
-    folder = Path(data)
-    files = {kind: sorted(folder.glob(f"train-{kind}*")) if folder.is_dir() else [] for kind in ("images", "labels")}
-    if not files["images"] or not files["labels"]:
-        raise ToolkitError(f"quality needs labelled data: 'digits' or a folder with train-images and train-labels "
-                           f"IDX files, got {data}")
-    x, y = read_idx(files["images"][0]), read_idx(files["labels"][0])
-    if len(x) != len(y):
-        raise ToolkitError(f"{files['images'][0]} has {len(x)} images but {files['labels'][0]} has {len(y)} labels")
-    return _fit(x, image_size, 1, str(files["images"][0])), y.astype(np.int64)
-
-
-def split_indices(n: int, seed: int = 0, test_fraction: float = 0.2) -> Tuple[np.ndarray, np.ndarray]:
-    """The classifier's fixed train/test split."""
-    order = np.random.default_rng(seed).permutation(n)
-    cut = int(round(n * (1 - test_fraction)))
-    return np.sort(order[:cut]), np.sort(order[cut:])
-
-
 class FeatureModel:
     """The exported classifier: (logits, features) for uint8 images, in chunks."""
 
@@ -121,8 +96,6 @@ class FeatureModel:
         self.info: Dict[str, Any] = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
 
     def __call__(self, images: np.ndarray, chunk: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
-        from ..train.data import to_model_range
-
         x = to_model_range(np.asarray(images))
         parts = [self.session.run(["logits", "features"], {"x": x[i:i + chunk]}) for i in range(0, len(x), chunk)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -137,29 +110,22 @@ class Difference:
 
 
 def paired_differences(features: Sequence[np.ndarray], reference: FeatureStats, baseline: int = 0, *,
-                       paired: bool = True, resamples: int = 200, level: float = 0.95,
-                       seed: int = 0) -> List[Difference]:
+                       resamples: int = 200, level: float = 0.95, seed: int = 0) -> List[Difference]:
     """FD(set) - FD(baseline set) for every set, with a percentile bootstrap interval.
 
-    Paired (image i of every set comes from the same x_T and noise path): each resampling draws one set of
-    image indices for all sets, so what the sets share cancels in the difference. Unpaired: each set is
-    resampled on its own indices."""
+    Image i of every set comes from the same x_T and noise path: each resampling draws one set of image
+    indices for all sets, so what the sets share cancels in the difference."""
     sizes = {len(f) for f in features}
-    if paired and len(sizes) != 1:
+    if len(sizes) != 1:
         raise ValueError(f"paired sets must have the same number of images, got {sorted(sizes)}")
     rng = np.random.default_rng(seed)
 
-    def fds(pick: Callable[[int], np.ndarray]) -> np.ndarray:
-        return np.array([frechet_distance(FeatureStats.of(f[pick(len(f))]), reference) for f in features])
+    def fds(picked: np.ndarray) -> np.ndarray:
+        return np.array([frechet_distance(FeatureStats.of(f[picked]), reference) for f in features])
 
-    def resample() -> np.ndarray:
-        if not paired:
-            return fds(lambda n: rng.integers(0, n, n))
-        shared = rng.integers(0, len(features[0]), len(features[0]))
-        return fds(lambda n: shared)
-
-    point = fds(np.arange)
-    boot = np.array([resample() for _ in range(resamples)])
+    n = sizes.pop()
+    point = fds(np.arange(n))
+    boot = np.array([fds(rng.integers(0, n, n)) for _ in range(resamples)])
     spread = boot - boot[:, [baseline]]
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(spread, [tail, 100 - tail], axis=0)
@@ -223,8 +189,7 @@ def _classifier(work: Path, data: str, image_size: int, hflip: bool, steps: int,
         log(f"reusing the classifier {path} (test accuracy {info['test_accuracy']:.4f})")
         return path
     log(f"training the classifier ({steps} steps) ...")
-    run_module("bench.classifier", path, "--data", data, "--image-size", image_size, "--steps", steps,
-               *(["--hflip"] if hflip else []), what="training the classifier")
+    in_child(train_classifier, out=path, data=data, image_size=image_size, steps=steps, hflip=hflip)
     return path
 
 
@@ -252,8 +217,8 @@ def _scores(logits: np.ndarray, fd: float, classes: int) -> Dict[str, Any]:
 
 
 def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int, seeds: Sequence[int], rows: Sequence[Row],
-                paired: bool, resamples: int, classifier: Optional[Path], classifier_steps: int, threads: Optional[int],
-                log: Log, command: str) -> Dict[str, Any]:
+                resamples: int, classifier: Optional[Path], classifier_steps: int, threads: Optional[int], log: Log,
+                command: str) -> Dict[str, Any]:
     """Sample, score, and write OUT.json, OUT.md and a picture per row in OUT/ (`out`: absolute, without suffix)."""
     began = time.perf_counter()
     onnx_path = work / "unet.onnx"
@@ -270,7 +235,7 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int, seeds: Seque
         raise ToolkitError(f"rows with more steps than the model's T={manifest.timesteps}: {', '.join(too_long)}")
     model = FeatureModel(classifier or _classifier(work, data, size, hflip, classifier_steps, log), threads)
     classes = int(model.info.get("classes", 10))
-    images, _ = labeled_images(data, size)
+    images, _ = load_labeled_images(data, size)
     ref_logits, ref_features = model(_with_mirrors(images, hflip))
     reference = FeatureStats.of(ref_features)
     halves = [model(_with_mirrors(images[h], hflip))[1]
@@ -282,21 +247,17 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int, seeds: Seque
                  {"name": "noise (clipped Gaussian)",
                   **_scores(noise_logits, frechet_distance(FeatureStats.of(noise_features), reference), classes)}]
     sampler = Sampler.load(onnx_path, threads=threads)
-    paths = {seed: _brownian_path(sampler, n, seed) for seed in seeds} if paired else {}
+    paths = {seed: _brownian_path(sampler, n, seed) for seed in seeds}
     out.mkdir(parents=True, exist_ok=True)
     results, features = [], []
-    for k, row in enumerate(rows):
+    for row in rows:
         logits, feats, seconds = [], [], 0.0
         scheduler = sampler.scheduler(row.scheduler, row.steps, eta=row.eta, spacing=row.spacing, clip_x0=row.clip_x0)
-        coupling = brownian_coupling(scheduler.table(), sampler.tables) if paired else None
-        for seed in seeds if paired else [seed + 1000 * k for seed in seeds]:
+        coupling = brownian_coupling(scheduler.table(), sampler.tables)
+        for seed, (x_T, fine) in paths.items():
             log(f"sampling {n} images: {row.label}, seed {seed} ...")
             started = time.perf_counter()
-            if paired:
-                x_T, fine = paths[seed]
-                samples = to_uint8(sampler.denoise(scheduler, x_T, _coupled_noise(coupling, fine)))
-            else:
-                samples = sampler.sample(n, scheduler, seed=seed)
+            samples = to_uint8(sampler.denoise(scheduler, x_T, _coupled_noise(coupling, fine)))
             seconds += time.perf_counter() - started
             for store, value in zip((logits, feats), model(samples)):
                 store.append(value)
@@ -308,31 +269,22 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int, seeds: Seque
                         "calls": row.steps, "seconds": seconds, "picture": f"{out.name}/{row.slug}.png"})
         log(f"  {seconds:.1f} s, FD {fd:.3f}, score {results[-1]['score']:.2f}")
     np.savez_compressed(work / "features.npz", *features)
-    log(f"bootstrapping the differences ({resamples} resamplings, {'paired' if paired else 'unpaired'}) ...")
-    for result, diff in zip(results, paired_differences(features, reference, paired=paired, resamples=resamples)):
+    log(f"bootstrapping the paired differences ({resamples} resamplings) ...")
+    for result, diff in zip(results, paired_differences(features, reference, resamples=resamples)):
         result.update(difference=diff.value, low=diff.low, high=diff.high)
     first = features[0][:len(halves[0])]
     floor = {"real_vs_real": baselines[0]["fd"], "n": len(first),
              "baseline_vs_real_half": frechet_distance(FeatureStats.of(first), FeatureStats.of(halves[1]))}
     result = {"command": command, "checkpoint": str(checkpoint), "config": manifest.config, "T": manifest.timesteps,
-              "classifier": model.info, "n": n, "seeds": list(seeds), "paired": paired, "resamples": resamples,
+              "classifier": model.info, "n": n, "seeds": list(seeds), "resamples": resamples,
               "reference_images": len(ref_features), "baselines": baselines, "rows": results, "floor": floor,
-              "targets": _targets(results), "resolution": _resolution(results), "threads": threads,
+              "resolution": _resolution(results), "threads": threads,
               "load_average": load_average(), "duration_s": round(time.perf_counter() - began, 1)}
     write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     write_text_atomic(out.with_suffix(".md"), render_quality(result))
     log(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')} and {out}/*.png "
         f"({result['duration_s']:.0f} s; baseline {results[0]['name']}, FD {results[0]['fd']:.2f})")
     return result
-
-
-def _targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Per row at a target's step count: met (interval below the allowed excess), missed (above), or not resolved."""
-    base = rows[0]["fd"]
-    return [{"row": r["name"], "allowed": allowed, "excess": r["difference"] / base, "low": r["low"] / base,
-             "high": r["high"] / base,
-             "status": "met" if r["high"] <= allowed * base else "missed" if r["low"] > allowed * base else "not resolved"}
-            for r in rows[1:] for allowed in [TARGETS.get(r["steps"])] if allowed is not None]
 
 
 def _resolution(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -360,22 +312,16 @@ def render_quality(result: Dict[str, Any]) -> str:
               f"{r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]",
               _percents(r["difference"], r["low"], r["high"], base=base["fd"]), f"{r['score']:.2f}", _histogram(r),
               f"![]({r['picture']})"] for r in rows]
-    pairing = "paired: every row on each seed's x_T and Brownian path, one set of resampled image indices for all" \
-        if result["paired"] else "unpaired: each row from its own seeds, resampled on its own"
-    lines = [f"# Sample quality\n\n`{result['command']}`: {result['duration_s']:.0f} s, load average "
+    return "\n".join([f"# Sample quality\n\n`{result['command']}`: {result['duration_s']:.0f} s, load average "
              f"{result['load_average']}. Model `{result['checkpoint']}` (T={result['T']}) on onnxruntime; features of a "
              f"classifier trained on `{info.get('data')}` (test accuracy {100 * info.get('test_accuracy', 0):.1f}%); FD "
              f"of {base['n']} samples per row (seeds {', '.join(map(str, result['seeds']))}) against "
-             f"{result['reference_images']} reference images; differences to {base['name']} ({pairing}; "
+             f"{result['reference_images']} reference images; paired differences to {base['name']} (every row on each seed's "
+             f"x_T and Brownian path, one set of resampled image indices for all; "
              f"{result['resamples']} bootstrap resamplings, 95% interval). See docs/quality.md.\n",
              table(["samples", "U-Net calls", "n", "seconds", "FD", f"FD - {base['name']} [95% interval]",
                     "as % of its FD", "score", "class histogram (%)", "picture"], body),
              f"\nFloor: real vs real {floor['real_vs_real']:.2f}; {base['name']}'s first {floor['n']} samples vs the "
              f"second half {floor['baseline_vs_real_half']:.2f} ({floor['baseline_vs_real_half'] / floor['real_vs_real']:.2f}x). "
              f"Widest interval ±{100 * res['widest_half_width']:.1f}% of {base['name']}'s FD at n = {res['n']}; "
-             f"±{100 * RESOLVE:.0f}% would take about n = {res['n_needed']}.\n"]
-    if result["targets"]:
-        lines += ["## Targets\n", table(["row", "allowed excess", "excess [95% interval]", "status"], [
-            [t["row"], f"{100 * t['allowed']:.0f}%", _percents(t["excess"], t["low"], t["high"], base=1.0), t["status"]]
-            for t in result["targets"]])]
-    return "\n".join(lines)
+             f"±{100 * RESOLVE:.0f}% would take about n = {res['n_needed']}.\n"])

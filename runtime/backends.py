@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .errors import ToolkitError, first_line
+from .errors import ToolkitError, check_minimum, first_line
 from .manifest import Manifest, TensorSpec
 from .onnx_external import check_external_data
 from .ort_session import create_session
@@ -120,7 +120,8 @@ def open_backend(name: str, artifact: Path, manifest: Manifest, *, batch: Option
     spec = check_backend(name, artifact, manifest, precision)
     if providers and name != "onnxruntime":
         raise ToolkitError("execution providers apply to the onnxruntime backend only")
-    _check_positive(batch=batch, threads=threads)
+    check_minimum("--batch", batch)
+    check_minimum("--threads", threads)
     fixed = manifest.fixed_batch
     if fixed and batch and batch != fixed:
         raise ToolkitError(f"{artifact} was exported for batch size {fixed}; use --batch {fixed} or leave it out")
@@ -314,8 +315,3 @@ def _shapes_match(want: List[Any], got: List[Any]) -> bool:
     """An axis the manifest fixes must be that size (or free) in the model; a symbolic one must be free."""
     return len(want) == len(got) and all(not isinstance(g, int) or g == w for w, g in zip(want, got))
 
-
-def _check_positive(**values: Optional[int]) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise ToolkitError(f"--{name} must be >= 1, got {value}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Optional
 
 DEBUG_ENV = "MS_DDPM_DEBUG"
 
@@ -23,6 +23,12 @@ class VerificationFailed(ToolkitError):
     """A numeric gate failed: the artifact does not compute what the source model computes (exit code 1)."""
 
     exit_code = 1
+
+
+def check_minimum(option: str, value: Optional[int], minimum: int = 1) -> None:
+    """A command-line value below its minimum (None: not given) is a one-line error naming the option."""
+    if value is not None and value < minimum:
+        raise ToolkitError(f"{option} must be >= {minimum}, got {value}")
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

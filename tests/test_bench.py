@@ -39,13 +39,13 @@ def test_bench_quick_writes_a_well_formed_table(quick_bench):
     for section in SECTIONS:
         assert section in markdown, section
     tables = _tables(markdown)
-    assert len(tables) == 3  # U-Net, agreement, end to end
+    assert len(tables) == 2  # U-Net, end to end
     for table in tables:
         assert re.fullmatch(r"(---\|?)+", "|".join(table[1])), table[1]  # the separator row
         assert all(len(row) == len(table[0]) for row in table), table
     unet = next(t for t in tables if t[0][:2] == ["backend", "batch"])
     labels = {row[0] for row in unet[2:]}
-    assert {"mindspore AVX2", "mindspore ALL"} <= labels and any(label.startswith("onnxruntime") for label in labels)
+    assert "mindspore" in labels and any(label.startswith("onnxruntime") for label in labels)
     assert any(label.startswith("openvino") for label in labels)  # timed when installed, else "not installed"
     assert "**CPU**: " in markdown and "flags: " in markdown
     assert list((cwd / "work").glob("unet*.onnx")) and not (REPO / "work").exists()
@@ -56,12 +56,11 @@ def test_bench_quick_json_has_every_measurement(quick_bench):
     assert result["model"]["gflop_per_image"] > 0 and result["model"]["timesteps"] == 200
     assert result["peak"]["gflops_best"] > 0 and result["machine"]["cpu"]
     backends = {row["backend"] for row in result["unet"]}
-    assert {"mindspore AVX2", "mindspore ALL"} <= backends and any(b.startswith("onnxruntime") for b in backends)
+    assert "mindspore" in backends and any(b.startswith("onnxruntime") for b in backends)
     assert "mslite" in backends or any("mslite" in key for key in result["errors"])
     for row in result["unet"]:
         assert row["batch"] in (1, 4) and 0 < row["min_s"] <= row["median_s"] and row["n"] >= 2
         assert 0 < row["peak_fraction_best"]
-    assert all(a["max_abs"] < 1e-3 and a["cosine"] > 0.9999 for a in result["agreement"].values())
     runs = result["end_to_end"]["runs"]
     assert [(r["scheduler"], r["steps"]) for r in runs] == \
         [("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10)]
@@ -79,26 +78,19 @@ def test_a_report_without_a_peak_says_so(quick_bench):
     assert "**not measured**" in markdown and "n/a (n/a)" in markdown
 
 
-def test_a_failed_worker_leaves_the_others_running(tmp_path):
+def test_a_failed_worker_leaves_the_others_running():
     from ms_ddpm.bench.harness import rotate, start_workers
 
     errors = {}
-    specs = {"peak": ({"kind": "matmul", "size": 64}, {}), "broken": ({"kind": "matmul", "size": -1}, {})}
-    workers = start_workers(specs, tmp_path, errors)
+    specs = {"peak": {"kind": "matmul", "size": 64}, "broken": {"kind": "matmul", "size": -1}}
+    workers = start_workers(specs, errors)
     try:
-        assert list(workers) == ["peak"] and "exited with code 2: cannot open matmul" in errors["broken"]
+        assert list(workers) == ["peak"] and errors["broken"].startswith("broken: cannot open matmul")
         times = rotate(workers, "time", {}, repeats=3, budget_s=1.0, errors=errors)
         assert len(times["peak"]) == 3
     finally:
         for worker in workers.values():
             worker.close()
-
-
-def test_mindspore_rows_never_ask_for_an_isa_the_cpu_lacks():
-    from ms_ddpm.bench.latency import onednn_settings
-
-    assert onednn_settings({"sse4_2"}) == {"ALL": {"ONEDNN_MAX_CPU_ISA": "ALL"}}
-    assert list(onednn_settings({"avx2", "avx512f"})) == ["AVX2", "ALL"]
 
 
 # An assignment of a CPU-dispatch variable: `VAR = ...`, `{"VAR": ...}`, `setdefault("VAR", ...)`, `environ["VAR"] = ...`.
@@ -108,9 +100,9 @@ _FORCED_CORE = re.compile(r"\b(SkylakeX|Haswell|Zen\d?|Cooperlake|SapphireRapids
 
 
 def test_no_code_forces_an_instruction_set():
-    """No OpenBLAS core type and no ISA above AVX2 anywhere in the package; oneDNN is capped only by train/
-    and by the bench's CPU-checked MindSpore rows (onednn_settings), never raised."""
-    allowed = {REPO / "train" / "__init__.py", REPO / "bench" / "latency.py"}
+    """No OpenBLAS core type and no ISA above AVX2 anywhere in the package; oneDNN is capped only by train/,
+    never raised."""
+    allowed = {REPO / "train" / "__init__.py"}
     sources = [*REPO.glob("*.py"), *(p for part in ("train", "export", "runtime", "bench")
                                      for p in (REPO / part).rglob("*.py"))]
     assert len(sources) > 30

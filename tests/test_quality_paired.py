@@ -1,4 +1,4 @@
-"""Paired FD differences: the bootstrap interval covers a known difference, and only when resampled jointly."""
+"""Paired FD differences: the bootstrap interval covers a known difference and is narrow; row parsing."""
 import numpy as np
 import pytest
 
@@ -37,11 +37,8 @@ def test_paired_interval_covers_the_true_difference_and_is_narrow():
     assert max(d.high - d.low for d in diffs) / 2 < 0.05, diffs
 
 
-def test_unpaired_interval_is_much_wider_and_a_set_against_itself_is_exactly_zero():
+def test_a_set_against_itself_is_exactly_zero():
     sets = _sets(0)
-    paired, unpaired = (paired_differences(sets, REFERENCE, resamples=100, paired=p)[1] for p in (True, False))
-    assert paired.value == unpaired.value
-    assert unpaired.high - unpaired.low > 3 * (paired.high - paired.low)
     same = paired_differences([sets[0], sets[0].copy()], REFERENCE, resamples=20)[1]
     assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
     assert paired_differences(sets, REFERENCE, baseline=1, resamples=20)[1].value == 0.0

@@ -10,6 +10,7 @@ import math
 import struct
 import zlib
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 from PIL import Image
@@ -133,6 +134,23 @@ def load_images(spec: str, image_size: int, channels: int) -> np.ndarray:
     if _is_idx(path):
         return _fit(read_idx(path), image_size, channels, str(path))
     raise ToolkitError(f"unrecognised data file (expected an IDX file, .npz or a folder): {path}")
+
+
+def load_labeled_images(spec: str, image_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(uint8 images (N, image_size, image_size, 1), int64 labels): the embedded digits, or a folder with
+    train-images and train-labels IDX files (Fashion-MNIST's layout)."""
+    if spec == EMBEDDED:
+        from sklearn.datasets import load_digits
+
+        return load_images(spec, image_size, 1), load_digits().target.astype(np.int64)
+    labels = sorted(Path(spec).glob("train-labels*")) if Path(spec).is_dir() else []
+    if not labels:
+        raise ToolkitError(f"labelled data is 'digits' or a folder with train-images and train-labels IDX files, "
+                           f"got {spec}")
+    images, y = load_images(spec, image_size, 1), read_idx(labels[0])
+    if len(images) != len(y):
+        raise ToolkitError(f"{spec} has {len(images)} training images but {labels[0]} has {len(y)} labels")
+    return images, y.astype(np.int64)
 
 
 def _fit(images: np.ndarray, image_size: int, channels: int, source: str) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import typer
 
-from ..runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError, check_minimum
 
 MSRUN_VARIABLES = ("MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT")  # what msrun sets in each process
 LAUNCHER_OPTIONS = ("--workers", "--master-port")  # consumed here, not passed on to the workers
@@ -36,8 +36,7 @@ def msrun_worker_count() -> int:
 
 def check_batch_split(batch_size: int, workers: int) -> None:
     """Every worker takes an equal, contiguous slice of each global batch."""
-    if workers < 1:
-        raise ToolkitError(f"--workers must be >= 1, got {workers}")
+    check_minimum("--workers", workers)
     if batch_size % workers:
         raise ToolkitError(f"batch size {batch_size} is not divisible by {workers} workers "
                            f"(each worker trains on an equal slice of every batch)")

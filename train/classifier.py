@@ -1,26 +1,29 @@
 """The quality metric's feature extractor: a small CNN (conv3x3 32 -> conv3x3/2 64 -> conv3x3/2 128 ->
 dense 128 = features -> dense classes = logits, ReLU between) trained with MindSpore on the model's own
-data and exported to ONNX with outputs `logits` and `features`, so the metric runs on onnxruntime.
-
-    python -m ms_ddpm.bench.classifier OUT.onnx [--data digits] [--image-size 8] [--steps 800] [--hflip]
-"""
+data and exported to ONNX with outputs `logits` and `features`, so the metric (bench/quality.py) runs on
+onnxruntime. `ms-ddpm quality` trains it in a child process, into its --work folder."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 
-from ..runtime.errors import run_main
 from ..runtime.files import atomic_path, write_text_atomic
 
-from .harness import reply
+from . import prepare_mindspore
+from .data import load_labeled_images, to_model_range
 
 FEATURES = 128
+
+
+def split_indices(n: int, seed: int = 0, test_fraction: float = 0.2) -> Tuple[np.ndarray, np.ndarray]:
+    """The classifier's fixed train/test split."""
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * (1 - test_fraction)))
+    return np.sort(order[:cut]), np.sort(order[cut:])
 
 
 def build_classifier(channels: int, image_size: int, classes: int, width: int = 32):
@@ -46,15 +49,14 @@ def build_classifier(channels: int, image_size: int, classes: int, width: int = 
     return Classifier()
 
 
-def train_classifier(out: Path, data: str, image_size: int, steps: int, batch: int, lr: float, hflip: bool,
-                     seed: int = 0, log=print) -> Dict[str, Any]:
+def train_classifier(out: Path, data: str, image_size: int, steps: int = 800, batch: int = 64, lr: float = 2e-3,
+                     hflip: bool = False, seed: int = 0, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Train on `data` (labelled: digits or IDX), write OUT (ONNX) and OUT.json (settings, test accuracy)."""
+    prepare_mindspore()
     import mindspore as ms
     from mindspore import Tensor, nn
 
-    from ..train.data import to_model_range
-    from .quality import labeled_images, split_indices
-
-    images, labels = labeled_images(data, image_size)
+    images, labels = load_labeled_images(data, image_size)
     x_all = to_model_range(images)
     train_idx, test_idx = split_indices(len(images), seed)
     classes = int(labels.max()) + 1
@@ -121,16 +123,3 @@ def export_onnx(net, out: Path, channels: int, image_size: int) -> None:
     onnx.checker.check_model(model, full_check=True)
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m ms_ddpm.bench.classifier", description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    for option, default in (("--data", "digits"), ("--image-size", 8), ("--steps", 800), ("--batch", 64), ("--lr", 2e-3)):
-        parser.add_argument(option, type=type(default), default=default)
-    parser.add_argument("--hflip", action="store_true", help="Train on randomly mirrored images too.")
-    reply(train_classifier(**vars(parser.parse_args()), log=lambda line: print(line, file=sys.stderr, flush=True)))
-
-
-if __name__ == "__main__":
-    run_main(main)
