@@ -294,10 +294,6 @@ def _resolution(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {"widest_half_width": widest, "n": n, "n_needed": int(np.ceil(n * (widest / RESOLVE) ** 2))}
 
 
-def _percents(*values: float, base: float) -> str:
-    return "{:+.1f}% [{:+.1f}%, {:+.1f}%]".format(*(100 * v / base for v in values))
-
-
 def _histogram(row: Dict[str, Any]) -> str:
     return " ".join(f"{100 * share:.0f}" for share in row["histogram"])
 
@@ -310,8 +306,8 @@ def render_quality(result: Dict[str, Any]) -> str:
             for b in result["baselines"]]
     body += [[r["name"], r["calls"], r["n"], f"{r['seconds']:.1f}", f"{r['fd']:.2f}",
               f"{r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]",
-              _percents(r["difference"], r["low"], r["high"], base=base["fd"]), f"{r['score']:.2f}", _histogram(r),
-              f"![]({r['picture']})"] for r in rows]
+              "{:+.1f}% [{:+.1f}%, {:+.1f}%]".format(*(100 * r[k] / base["fd"] for k in ("difference", "low", "high"))),
+              f"{r['score']:.2f}", _histogram(r), f"![]({r['picture']})"] for r in rows]
     return "\n".join([f"# Sample quality\n\n`{result['command']}`: {result['duration_s']:.0f} s, load average "
              f"{result['load_average']}. Model `{result['checkpoint']}` (T={result['T']}) on onnxruntime; features of a "
              f"classifier trained on `{info.get('data')}` (test accuracy {100 * info.get('test_accuracy', 0):.1f}%); FD "
