@@ -19,6 +19,7 @@ import numpy as np
 from ..export.gate import gate_cases
 from ..runtime.cpu import cpu_flags, cpu_model
 from ..runtime.errors import ToolkitError, first_line
+from ..runtime.ort_session import session_options
 from ..runtime.pipeline import Sampler
 
 PAUSE_S = 0.03
@@ -32,16 +33,20 @@ class WorkerFailed(ToolkitError):
 
 
 def in_child(function: Callable[..., Any], **kwargs: Any) -> Any:
-    """function(**kwargs) in a fresh process (MindSpore stays out of this one); its exception is raised here."""
+    """function(**kwargs) in a fresh process (MindSpore stays out of this one); a failure is one ToolkitError."""
     with ProcessPoolExecutor(1, mp_context=SPAWN) as pool:
-        return pool.submit(function, **kwargs).result()
+        try:
+            return pool.submit(function, **kwargs).result()
+        except ToolkitError:
+            raise
+        except Exception as exc:  # the function's own error, or BrokenProcessPool when the child died
+            raise ToolkitError(f"{function.__name__} failed in a child process: {type(exc).__name__}: "
+                               f"{first_line(exc)}") from exc
 
 
 def onnx_session(model: Any, threads: Optional[int] = None) -> Any:
     """An onnxruntime CPU session with the runtime's options on a model that is not a U-Net artifact."""
     import onnxruntime as ort
-
-    from ..runtime.ort_session import session_options
 
     return ort.InferenceSession(model, session_options(ort, threads), providers=["CPUExecutionProvider"])
 
@@ -149,9 +154,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def load_average() -> Optional[List[float]]:
     """The 1, 5 and 15 minute load averages; None where the platform has none."""
-    with contextlib.suppress(OSError):
-        return [round(v, 2) for v in os.getloadavg()]
-    return None
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 # ---- the worker's side -----------------------------------------------------------------------------

@@ -93,6 +93,18 @@ def test_a_failed_worker_leaves_the_others_running():
             worker.close()
 
 
+def test_a_failing_child_is_one_error_line():
+    import os
+
+    from ms_ddpm.bench.harness import in_child
+    from ms_ddpm.runtime.errors import ToolkitError
+
+    with pytest.raises(ToolkitError, match=r"^mkdir failed in a child process: FileNotFoundError: "):
+        in_child(os.mkdir, path="/nonexistent/a/b")
+    with pytest.raises(ToolkitError, match=r"^abort failed in a child process: BrokenProcessPool: "):
+        in_child(os.abort)  # the child dies
+
+
 # An assignment of a CPU-dispatch variable: `VAR = ...`, `{"VAR": ...}`, `setdefault("VAR", ...)`, `environ["VAR"] = ...`.
 _DISPATCH = re.compile(r"""(OPENBLAS_CORETYPE|ONEDNN_MAX_CPU_ISA|DNNL_MAX_CPU_ISA|MKL_ENABLE_INSTRUCTIONS)
                            (\s*=(?!=)|["']\s*[:,]|["']\s*\]\s*=(?!=))""", re.VERBOSE)
