@@ -77,8 +77,9 @@ def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Pat
         artifact = Path(scratch) / f"unet{module.SUFFIX}"
         if request.sampler is None:
             exported = _export(module, net, source.config.model, artifact, request, options, log)
-            verification = _verification(request, log, lambda: _run_gate(module, artifact, net, source.config,
-                                                                        request.batch, request.gate, log))
+            verification = _verification(request, log, lambda: _run_gate(module, _load_eps(module, artifact), net,
+                                                                        source.config, request.batch, request.gate,
+                                                                        log))
             manifest = build_manifest(request, out.name, sha256_file(artifact), exported, source, verification)
         else:
             manifest = export_step(net, source, artifact, out.name, request, log)
@@ -100,7 +101,7 @@ def verify_artifact(artifact: Path, checkpoint: Path, settings: GateSettings, lo
     net, source = _load_source(checkpoint, log)
     _check_manifest_matches(manifest, source.config)
     if loaded is not None:
-        report = _run_gate(module, artifact, net, source.config, manifest.fixed_batch, settings, log, loaded)
+        report = _run_gate(module, loaded, net, source.config, manifest.fixed_batch, settings, log)
     else:
         report = run_step_gate(artifact, manifest, net, source, settings.over(STEP_THRESHOLDS[manifest.format]),
                                settings.seed, log, backend)
@@ -204,17 +205,20 @@ def _verification(request: ExportRequest, log: Log, gate: Callable[[], GateRepor
     return report.to_dict()
 
 
-def _load_eps(module: ModuleType, artifact: Path, manifest: Manifest, backend: Optional[str]) -> Tuple[EpsFn, str]:
-    """The artifact as `eps(x, t)` and the loader's name: the format's loader, or the runtime's `backend` (fp32)."""
+def _load_eps(module: ModuleType, artifact: Path, manifest: Optional[Manifest] = None,
+              backend: Optional[str] = None) -> Tuple[EpsFn, str]:
+    """The artifact as `eps(x, t)` and the loader's name: the format's loader, or the runtime's `backend` (fp32;
+    it needs the artifact's `manifest`)."""
     if backend is None:
         return module.load_eps(artifact), module.LOADER
     version = import_library(backend).__version__
     return open_backend(backend, artifact, manifest), f"{backend} {version} CPU, the runtime's backend"
 
 
-def _run_gate(module: ModuleType, artifact: Path, net: nn.Cell, config: Config, fixed_batch: Optional[int],
-              settings: GateSettings, log: Log, loaded: Optional[Tuple[EpsFn, str]] = None) -> GateReport:
-    artifact_eps, loader = loaded or (module.load_eps(artifact), module.LOADER)
+def _run_gate(module: ModuleType, loaded: Tuple[EpsFn, str], net: nn.Cell, config: Config,
+              fixed_batch: Optional[int], settings: GateSettings, log: Log) -> GateReport:
+    """The numeric gate: the loaded artifact (`eps`, the loader's name) against the MindSpore net."""
+    artifact_eps, loader = loaded
     batch_sizes = gate_batch_sizes(fixed_batch)
     log(f"verifying ({loader}) at batch sizes {', '.join(map(str, batch_sizes))} ...")
     cases = gate_cases(config, settings.seed, batch_sizes)
