@@ -52,11 +52,13 @@ def _scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
         yield Path(folder)
 
 
-def _command_line() -> str:
-    return "python cli.py " + shlex.join(sys.argv[1:])
+def _command_line(ctx: typer.Context) -> str:
+    """The command as the user typed it: `ms-ddpm ...` or `python cli.py ...` (the CLI's program name)."""
+    return f"{ctx.find_root().info_name} {shlex.join(sys.argv[1:])}"
 
 
 def bench(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("bench-results"), help="Writes OUT.md and OUT.json (any suffix is replaced)."),
     quick: bool = typer.Option(False, "--quick", help="A few minutes: 3 calls per engine, and a tiny untrained model "
                                                         "unless --checkpoint is given."),
@@ -91,10 +93,11 @@ def bench(
     with _scratch(work, "ms-ddpm-bench.") as folder:
         settings = BenchSettings(work=folder, quick=quick, checkpoint=checkpoint, threads=threads, engines=engines,
                                  batches=batch_sizes, repeats=repeats, images=images)
-        run_bench(settings, out, log=typer.echo, command=_command_line())
+        run_bench(settings, out, log=typer.echo, command=_command_line(ctx))
 
 
 def quality(
+    ctx: typer.Context,
     checkpoint: Path = typer.Option(..., help="The trained model (.ckpt or run directory)."),
     out: Path = typer.Option(Path("quality"), help="Writes OUT.md, OUT.json and a picture per row in OUT/ (any suffix "
                                                    "is replaced)."),
@@ -124,4 +127,4 @@ def quality(
     with _scratch(_absolute(work), "ms-ddpm-quality.") as folder:
         run_quality(checkpoint, out, work=folder, n=n, seeds=seed_values, rows=row_specs,
                     resamples=resamples, classifier=classifier, classifier_steps=classifier_steps, threads=threads,
-                    log=typer.echo, command=_command_line())
+                    log=typer.echo, command=_command_line(ctx))

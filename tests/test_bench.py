@@ -66,6 +66,7 @@ def test_bench_quick_json_has_every_measurement(quick_bench):
         [("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10)]
     assert all(0 < r["unet_s"] < r["seconds"] for r in runs)
     assert result["duration_s"] > 0 and result["load_average_start"] is not None
+    assert result["command"].startswith("python cli.py bench --quick --out bench")  # the program as it was called
 
 
 def test_a_report_without_a_peak_says_so(quick_bench):
@@ -133,3 +134,14 @@ def test_bench_refuses_a_missing_output_folder_before_any_work(tmp_path):
     result = run_cli("bench", "--quick", "--out", "missing/b", "--work", "scratch", cwd=tmp_path)
     assert_clean_error(result, "missing")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_names_the_program_as_it_was_called(monkeypatch):
+    import typer
+
+    from ms_ddpm.bench.commands import _command_line
+
+    monkeypatch.setattr("sys.argv", ["/venv/bin/ms-ddpm", "bench", "--out", "my results"])
+    root = typer.Context(typer.core.TyperCommand("ms-ddpm"), info_name="ms-ddpm")
+    assert _command_line(typer.Context(typer.core.TyperCommand("bench"), parent=root, info_name="bench")) \
+        == "ms-ddpm bench --out 'my results'"

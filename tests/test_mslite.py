@@ -153,7 +153,7 @@ def test_lite_and_mindspore_never_share_a_process(tiny_lite):
 
     with pytest.raises(ToolkitError, match="imported mindspore"):
         MsliteBackend(tiny_lite["dynamic"])
-    script = ("from runtime.mslite import MsliteBackend; import sys; MsliteBackend(sys.argv[1])\n"
+    script = ("from ms_ddpm.runtime.mslite import MsliteBackend; import sys; MsliteBackend(sys.argv[1])\n"
               "try:\n    import mindspore\nexcept ImportError as exc:\n    print(exc)")
     result = _python("-c", script, str(tiny_lite["dynamic"]))
     assert result.returncode == 0, result.stderr[-2000:]

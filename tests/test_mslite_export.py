@@ -37,7 +37,7 @@ def test_lite_gate_fails_against_a_model_with_one_weight_changed(lite_artifact, 
 
 def test_runtime_samples_on_lite_without_mindspore(lite_artifact, tmp_path):
     out = tmp_path / "grid.png"
-    code = ("import sys; from runtime import Sampler; from runtime.images import save_grid; "
+    code = ("import sys; from ms_ddpm.runtime import Sampler; from ms_ddpm.runtime.images import save_grid; "
             f"save_grid({str(out)!r}, Sampler.load({str(lite_artifact)!r}, 'mslite').sample(4, 'ddim', 5, seed=0)); "
             "print('mindspore loaded:', 'mindspore' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
