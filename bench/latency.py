@@ -259,4 +259,3 @@ def render_markdown(result: Dict[str, Any]) -> str:
     if result["errors"]:
         out += ["\n## Not measured\n\n"] + [f"- {k}: {v}\n" for k, v in result["errors"].items()]
     return "\n".join(out)
-

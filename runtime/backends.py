@@ -314,4 +314,3 @@ def check_signature(artifact: Path, manifest: Manifest, inputs: List[TensorSpec]
 def _shapes_match(want: List[Any], got: List[Any]) -> bool:
     """An axis the manifest fixes must be that size (or free) in the model; a symbolic one must be free."""
     return len(want) == len(got) and all(not isinstance(g, int) or g == w for w, g in zip(want, got))
-

@@ -101,7 +101,7 @@ def train_classifier(out: Path, data: str, image_size: int, steps: int = 800, ba
 
 
 def export_onnx(net, out: Path, channels: int, image_size: int) -> None:
-    """ONNX with a dynamic batch; outputs renamed to logits and features, checked by onnxruntime."""
+    """ONNX with a dynamic batch; outputs renamed to logits and features, checked by onnx.checker."""
     import tempfile
 
     import mindspore as ms
