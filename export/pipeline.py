@@ -8,11 +8,9 @@ import dataclasses
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from ..train import prepare_mindspore
 prepare_mindspore()  # before MindSpore loads: oneDNN ISA cap, quiet logs
@@ -20,46 +18,16 @@ from mindspore import nn
 
 from ..runtime.backends import import_library, open_backend
 from ..runtime.config import Config, ModelConfig
-from ..runtime.errors import ToolkitError, VerificationFailed, first_line
+from ..runtime.errors import ToolkitError, first_line
 from ..runtime.files import atomic_path, check_output_dir, sha256_file
-from ..runtime.manifest import Manifest, SamplerSettings, TensorSpec, manifest_path_for
-from ..runtime.schedules import ScheduleTables
+from ..runtime.manifest import Manifest, manifest_path_for
 from ..train.checkpoint import Checkpoint, load_model
 
-from .formats import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Exported, format_module
-from .gate import DEFAULT_SEED, EpsFn, GateReport, Thresholds, format_report, gate_batch_sizes, gate_cases, run_gate
+from .formats import Exported, format_module
+from .gate import EpsFn, GateReport, gate_batch_sizes, gate_cases, run_gate
+from .record import ExportRequest, GateSettings, Log, build_manifest, verification_record
 from .sampler_export import STEP_THRESHOLDS, SUFFIX as STEP_SUFFIX, export_step, run_step_gate
 from .source import source_eps
-
-Log = Callable[[str], None]
-PACKAGE = "ms-ddpm"
-SKIPPED_WARNING = "export NOT verified (--no-verify): nothing shows that this artifact computes what the checkpoint computes"
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    atol: Optional[float] = None  # None: the format's default (its module's THRESHOLDS, else Thresholds())
-    min_cosine: Optional[float] = None
-    seed: int = DEFAULT_SEED
-
-    def thresholds_for(self, module: ModuleType) -> Thresholds:
-        return self.over(getattr(module, "THRESHOLDS", Thresholds()))
-
-    def over(self, default: Thresholds) -> Thresholds:
-        """The given thresholds, `default`'s where none was given."""
-        return Thresholds(default.atol if self.atol is None else self.atol,
-                          default.min_cosine if self.min_cosine is None else self.min_cosine).validate()
-
-
-@dataclass(frozen=True)
-class ExportRequest:
-    format: str
-    out: Optional[Path] = None  # default: default_output()
-    batch: Optional[int] = None  # None: any batch size (symbolic batch axis)
-    opset: Optional[int] = None  # ONNX only; None: the exporter's own
-    gate: Optional[GateSettings] = GateSettings()  # None: skip the numeric gate
-    optimize: bool = True  # formats built on the ONNX graph: export it optimised (export.onnx_optimize)
-    sampler: Optional[SamplerSettings] = None  # a sampler-step artifact (export/sampler_export.py) instead of the U-Net
 
 
 def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Path:
@@ -77,7 +45,7 @@ def export_checkpoint(checkpoint: Path, request: ExportRequest, log: Log) -> Pat
         artifact = Path(scratch) / f"unet{module.SUFFIX}"
         if request.sampler is None:
             exported = _export(module, net, source.config.model, artifact, request, options, log)
-            verification = _verification(request, log, lambda: _run_gate(module, _load_eps(module, artifact), net,
+            verification = verification_record(request, log, lambda: _run_gate(module, _load_eps(module, artifact), net,
                                                                         source.config, request.batch, request.gate,
                                                                         log))
             manifest = build_manifest(request, out.name, sha256_file(artifact), exported, source, verification)
@@ -112,29 +80,6 @@ def verify_artifact(artifact: Path, checkpoint: Path, settings: GateSettings, lo
     return report
 
 
-def build_manifest(request: ExportRequest, artifact_name: str, artifact_sha256: str, exported: Exported,
-                   source: Checkpoint, verification: Dict[str, Any]) -> Manifest:
-    """The manifest of one export: enough to sample from the artifact with no MindSpore and no checkpoint."""
-    config = source.config
-    batch_dim = BATCH_AXIS if request.batch is None else request.batch
-    image = [config.model.channels, config.model.image_size, config.model.image_size]
-    return Manifest(
-        format=request.format,
-        artifact=artifact_name,
-        artifact_sha256=artifact_sha256,
-        config=config.to_dict(),
-        betas=ScheduleTables.from_name(config.diffusion.schedule, config.diffusion.timesteps).betas.tolist(),
-        inputs=[TensorSpec(INPUT_NAMES[0], "float32", [batch_dim, *image]), TensorSpec(INPUT_NAMES[1], "int32", [batch_dim])],
-        outputs=[TensorSpec(OUTPUT_NAME, "float32", [batch_dim, *image])],
-        batch={"policy": "dynamic"} if request.batch is None else {"policy": "fixed", "size": request.batch},
-        opset=exported.opset,
-        source_checkpoint_sha256=sha256_file(source.path),
-        package_version=package_version(),
-        verification=verification,
-        extra=exported.notes,
-    )
-
-
 def default_output(checkpoint: Path, suffix: str) -> Path:
     """RUN/export/unet<suffix>, RUN being the run directory that holds checkpoints/ (created if needed)."""
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
@@ -142,13 +87,6 @@ def default_output(checkpoint: Path, suffix: str) -> Path:
     if not export_dir.is_dir():
         check_output_dir(export_dir).mkdir()
     return export_dir / f"unet{suffix}"
-
-
-def package_version() -> str:
-    try:
-        return metadata.version(PACKAGE)
-    except metadata.PackageNotFoundError:
-        return f"unknown ({PACKAGE} not installed)"
 
 
 def _load_source(checkpoint: Path, log: Log) -> tuple[nn.Cell, Checkpoint]:
@@ -191,18 +129,6 @@ def _install(artifact: Path, manifest: Manifest, out: Path) -> None:
         shutil.copyfile(artifact, tmp_artifact)
         manifest_path.unlink(missing_ok=True)
     manifest.save(manifest_path)
-
-
-def _verification(request: ExportRequest, log: Log, gate: Callable[[], GateReport]) -> Dict[str, Any]:
-    """The manifest's verification entry from `gate()`; raises VerificationFailed when the gate fails."""
-    if request.gate is None:
-        log(f"WARNING: {SKIPPED_WARNING}")
-        return {"skipped": True, "warning": SKIPPED_WARNING}
-    report = gate()
-    log(format_report(report))
-    if not report.passed:
-        raise VerificationFailed("the export failed the numeric gate; no artifact was written")
-    return report.to_dict()
 
 
 def _load_eps(module: ModuleType, artifact: Path, manifest: Optional[Manifest] = None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -31,6 +31,7 @@ from ..runtime.manifest import Manifest, TensorSpec, manifest_path_for
 from ..runtime.mslite import convert_onnx
 from ..runtime.pipeline import Sampler
 from ..runtime.processes import run_module
+from ..runtime.schedulers import StepTable
 from ..runtime.schedules import ScheduleTables
 from ..train.checkpoint import Checkpoint
 
@@ -38,6 +39,7 @@ from . import onnx_export
 from .end_to_end import check_end_to_end
 from .formats import Exported
 from .gate import GateReport, Thresholds, compare
+from .record import ExportRequest, Log, build_manifest, verification_record
 from .sampler_step import build_step_model, step_model_io
 from .source import source_eps
 
@@ -48,15 +50,13 @@ GATE_BATCHES = (1, 4)
 # (export/gate.py), compounded over the steps; measured values in docs/sampler-step.md.
 STEP_THRESHOLDS = {"onnx": Thresholds(), "mslite": Thresholds(atol=2e-3, min_cosine=0.9999)}
 LOADERS = {"onnx": "onnxruntime", "mslite": "MindSpore Lite"}
-Log = Callable[[str], None]
 Tensors = Tuple[List[TensorSpec], List[TensorSpec]]
 
 
-def export_step(net: nn.Cell, source: Checkpoint, artifact: Path, artifact_name: str, request, log: Log) -> Manifest:
-    """Write the step artifact at `artifact` and return its manifest (verified, or marked unverified).
-    `request` is export/pipeline.py's ExportRequest, with `sampler` set."""
-    from .pipeline import _verification, build_manifest
-
+def export_step(net: nn.Cell, source: Checkpoint, artifact: Path, artifact_name: str, request: ExportRequest,
+                log: Log) -> Manifest:
+    """Write the step artifact at `artifact` (`request.sampler` set) and return its manifest (verified, or marked
+    unverified)."""
     tables = ScheduleTables.from_name(source.config.diffusion.schedule, source.config.diffusion.timesteps)
     table = request.sampler.scheduler(tables).table()  # bad --steps fail here, before the slow work
     settings = dataclasses.replace(request.sampler, steps=len(table.timesteps))
@@ -65,12 +65,13 @@ def export_step(net: nn.Cell, source: Checkpoint, artifact: Path, artifact_name:
     unet = build_manifest(request, artifact_name, sha256_file(artifact), exported, source, {})
     manifest = dataclasses.replace(unet, inputs=inputs, outputs=outputs, sampler=settings.section(tables, inputs[0].shape))
     manifest.save(manifest_path_for(artifact))  # the gate loads the artifact through its manifest
-    verification = _verification(request, log, lambda: run_step_gate(
+    verification = verification_record(request, log, lambda: run_step_gate(
         artifact, manifest, net, source, request.gate.over(STEP_THRESHOLDS[request.format]), request.gate.seed, log))
     return dataclasses.replace(manifest, verification=verification)
 
 
-def _write(net: nn.Cell, source: Checkpoint, table, artifact: Path, request, log: Log) -> Tuple[Exported, Tensors]:
+def _write(net: nn.Cell, source: Checkpoint, table: StepTable, artifact: Path, request: ExportRequest,
+           log: Log) -> Tuple[Exported, Tensors]:
     """The U-Net's ONNX, the step model around it at `artifact` (ONNX, or Lite converted from it), its tensors."""
     with tempfile.TemporaryDirectory(prefix="ms-ddpm-step.") as work:
         unet, step_path = Path(work) / "unet.onnx", Path(work) / "step.onnx"
@@ -87,7 +88,7 @@ def _write(net: nn.Cell, source: Checkpoint, table, artifact: Path, request, log
     return Exported(opset=exported.opset, notes=notes), (inputs, outputs)
 
 
-def _export_unet(net: nn.Cell, source: Checkpoint, path: Path, request, log: Log) -> Exported:
+def _export_unet(net: nn.Cell, source: Checkpoint, path: Path, request: ExportRequest, log: Log) -> Exported:
     """The U-Net's ONNX: optimised as asked for onnxruntime, always plain for Lite (Lite 2.0.0 converts the step
     model around the optimised U-Net, opset 20, but cannot load it: "compile graph failed")."""
     optimize = request.optimize and request.format == "onnx"
