@@ -52,7 +52,7 @@ def _scratch(work: Optional[Path], prefix: str) -> Iterator[Path]:
         yield Path(folder)
 
 
-def _command_line(ctx: typer.Context) -> str:
+def command_line(ctx: typer.Context) -> str:
     """The command as the user typed it: `ms-ddpm ...` or `python cli.py ...` (the CLI's program name)."""
     return f"{ctx.find_root().info_name} {shlex.join(sys.argv[1:])}"
 
@@ -93,7 +93,7 @@ def bench(
     with _scratch(work, "ms-ddpm-bench.") as folder:
         settings = BenchSettings(work=folder, quick=quick, checkpoint=checkpoint, threads=threads, engines=engines,
                                  batches=batch_sizes, repeats=repeats, images=images)
-        run_bench(settings, out, log=typer.echo, command=_command_line(ctx))
+        run_bench(settings, out, log=typer.echo, command=command_line(ctx))
 
 
 def quality(
@@ -127,4 +127,4 @@ def quality(
     with _scratch(_absolute(work), "ms-ddpm-quality.") as folder:
         run_quality(checkpoint, out, work=folder, n=n, seeds=seed_values, rows=row_specs,
                     resamples=resamples, classifier=classifier, classifier_steps=classifier_steps, threads=threads,
-                    log=typer.echo, command=_command_line(ctx))
+                    log=typer.echo, command=command_line(ctx))

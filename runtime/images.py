@@ -41,7 +41,7 @@ def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> n
     return grid
 
 
-def _pil(array: np.ndarray, scale: int | None, image_size: int) -> Image.Image:
+def grid_image(array: np.ndarray, scale: int | None, image_size: int) -> Image.Image:
     """A mosaic as a PIL image, enlarged (nearest) so that small images stay visible: 8x8 digits x6."""
     scale = scale if scale is not None else max(1, 48 // image_size)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
@@ -61,7 +61,7 @@ def save_grid(path: str | Path, images: np.ndarray, scale: int | None = None, co
     """The images as one mosaic, in the format the suffix names (PNG, JPEG or WebP)."""
     name, options = image_format(path)
     with atomic_path(path, suffix=Path(path).suffix) as tmp:
-        _pil(make_grid(images, columns), scale, images.shape[1]).save(tmp, format=name, **options)
+        grid_image(make_grid(images, columns), scale, images.shape[1]).save(tmp, format=name, **options)
     return Path(path)
 
 
@@ -74,7 +74,7 @@ def save_gif(path: str | Path, frames: Sequence[np.ndarray], scale: int | None =
     chosen = list(frames[::stride])
     if chosen[-1] is not frames[-1]:
         chosen.append(frames[-1])
-    pictures = [_pil(make_grid(frame), scale, frame.shape[1]) for frame in chosen]
+    pictures = [grid_image(make_grid(frame), scale, frame.shape[1]) for frame in chosen]
     durations = [duration_ms] * (len(pictures) - 1) + [1500]
     with atomic_path(path, suffix=".gif") as tmp:
         pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)

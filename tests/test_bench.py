@@ -139,9 +139,9 @@ def test_bench_refuses_a_missing_output_folder_before_any_work(tmp_path):
 def test_the_report_names_the_program_as_it_was_called(monkeypatch):
     import typer
 
-    from ms_ddpm.bench.commands import _command_line
+    from ms_ddpm.bench.commands import command_line
 
     monkeypatch.setattr("sys.argv", ["/venv/bin/ms-ddpm", "bench", "--out", "my results"])
     root = typer.Context(typer.core.TyperCommand("ms-ddpm"), info_name="ms-ddpm")
-    assert _command_line(typer.Context(typer.core.TyperCommand("bench"), parent=root, info_name="bench")) \
+    assert command_line(typer.Context(typer.core.TyperCommand("bench"), parent=root, info_name="bench")) \
         == "ms-ddpm bench --out 'my results'"

@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from ms_ddpm.runtime.images import _pil, make_grid, to_uint8
+from ms_ddpm.runtime.images import grid_image, make_grid, to_uint8
 from ms_ddpm.runtime.manifest import manifest_path_for
 from ms_ddpm.runtime.noise import NoiseStream, normals
 from ms_ddpm.runtime.web import ORT_DIST, PAGE, PAGE_FILES
@@ -104,7 +104,7 @@ def generate(url: str, out: Path, n: int = N, seed: int = SEED) -> dict:
 
 def grid_png(x: np.ndarray) -> np.ndarray:
     """The pixels save_grid writes for float images x (N, C, H, W), as RGB."""
-    return np.asarray(_pil(make_grid(to_uint8(x)), None, x.shape[-1]).convert("RGB"))
+    return np.asarray(grid_image(make_grid(to_uint8(x)), None, x.shape[-1]).convert("RGB"))
 
 
 def rgb(path: Path) -> np.ndarray:
