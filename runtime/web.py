@@ -1,4 +1,4 @@
-"""`cli.py web`: a local HTTP server for the browser host (runtime/hosts/web/), which samples from a
+"""`ms-ddpm web`: a local HTTP server for the browser host (runtime/hosts/web/), which samples from a
 sampler-step artifact on onnxruntime-web. The server does no sampling; it serves a fixed table of files
 and nothing else (404 for every other path, no directory listing, never a path joined from a request):
 
@@ -7,10 +7,14 @@ and nothing else (404 for every other path, no directory listing, never a path j
     /ort/ort-wasm-simd-threaded.wasm
     /model.onnx, /model.json         the artifact and its manifest, read from disk on each request
 
-Every response carries the cross-origin isolation headers (COOP/COEP) that wasm threads need.
+Every response carries the cross-origin isolation headers (COOP/COEP) that wasm threads need. A file's
+response carries its ETag (inode, size and mtime) and Last-Modified, and a request whose If-None-Match (or,
+without one, If-Modified-Since) still matches the file gets 304 Not Modified with no body: a reload
+revalidates the 14 MB wasm instead of fetching it again, and a file changed on disk is sent anew.
 """
 from __future__ import annotations
 
+import email.utils
 import errno
 import ipaddress
 import os
@@ -20,7 +24,7 @@ from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import typer
@@ -40,7 +44,7 @@ Routes = Dict[str, Tuple[Path, str]]  # URL path -> (file, content type)
 
 
 def web(
-    artifact: Path = typer.Option(..., help="A sampler-step ONNX artifact (cli.py export --format onnx --sampler NAME), with its manifest <artifact>.json beside it."),
+    artifact: Path = typer.Option(..., help="A sampler-step ONNX artifact (ms-ddpm export --format onnx --sampler NAME), with its manifest <artifact>.json beside it."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: any free port; the URL is printed)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback makes the page reachable from the network."),
 ) -> None:
@@ -67,7 +71,7 @@ def routes(artifact: Path) -> Routes:
     artifact, manifest = load_artifact(artifact)
     if manifest.sampler is None:
         raise ToolkitError(f"{artifact} is not a sampler artifact (a plain U-Net: its manifest has no sampler section); "
-                           "export one with `cli.py export --format onnx --sampler NAME`")
+                           "export one with `ms-ddpm export --format onnx --sampler NAME`")
     if manifest.format != "onnx":
         raise ToolkitError(f"{artifact}: the page runs ONNX sampler-step artifacts, not {manifest.format}")
     missing = [name for name in ORT_FILES if not (ORT_DIST / name).is_file()]
@@ -94,6 +98,23 @@ def make_server(table: Routes, host: str, port: int) -> ThreadingHTTPServer:
         if exc.errno == errno.EADDRINUSE:
             raise ToolkitError(f"port {port} on {host} is in use: choose another with --port (0: any free port)") from exc
         raise ToolkitError(f"cannot listen on {host}:{port}: {exc.strerror or first_line(exc)}") from exc
+
+
+def not_modified(request_headers: Mapping[str, str], etag: str, mtime: float) -> bool:
+    """Whether the client's copy is current (RFC 9110, 13.1): If-None-Match lists `etag` (or is `*`; weak
+    comparison), or, only when there is no If-None-Match, If-Modified-Since is no earlier than `mtime` (seconds)."""
+    if_none_match = request_headers.get("If-None-Match")
+    if if_none_match is not None:
+        tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+        return "*" in tags or etag in tags
+    if_modified_since = request_headers.get("If-Modified-Since")
+    if if_modified_since is None:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(if_modified_since)
+    except (TypeError, ValueError):  # an unparsable date is ignored, as the RFC says
+        return False
+    return since.tzinfo is not None and int(mtime) <= since.timestamp()
 
 
 def _loopback(host: str) -> bool:
@@ -128,16 +149,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"not found\n")
             return
         with handle:
-            self._headers(HTTPStatus.OK, content_type, os.fstat(handle.fileno()).st_size)
+            stat = os.fstat(handle.fileno())
+            validators = {"ETag": f'"{stat.st_ino:x}-{stat.st_size:x}-{stat.st_mtime_ns:x}"',
+                          "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True)}
+            if not_modified(self.headers, validators["ETag"], stat.st_mtime):
+                self._headers(HTTPStatus.NOT_MODIFIED, content_type, None, validators)
+                return
+            self._headers(HTTPStatus.OK, content_type, stat.st_size, validators)
             if body:
                 try:
                     shutil.copyfileobj(handle, self.wfile)
                 except (BrokenPipeError, ConnectionResetError):  # the browser went away mid-download
                     pass
 
-    def _headers(self, status: HTTPStatus, content_type: str, length: int) -> None:
+    def _headers(self, status: HTTPStatus, content_type: str, length: Optional[int],
+                 validators: Optional[Dict[str, str]] = None) -> None:
+        """The status line and headers; a 304 (length None) has no Content-Length."""
         self.send_response(status)
-        for name, value in {"Content-Type": content_type, "Content-Length": str(length), **HEADERS}.items():
+        length_header = {} if length is None else {"Content-Length": str(length)}
+        for name, value in {"Content-Type": content_type, **length_header, **HEADERS, **(validators or {})}.items():
             self.send_header(name, value)
         self.end_headers()
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -198,10 +198,10 @@ def test_page_shows_load_errors(artifacts, tiny_exports, tmp_path, damage, text)
 
 
 # ---- the server serves its files and nothing else -------------------------------------------------------------
-def request(url: str, method: str, path: str) -> http.client.HTTPResponse:
+def request(url: str, method: str, path: str, headers: Optional[dict] = None) -> http.client.HTTPResponse:
     host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    connection.request(method, path)  # the path exactly as given: no client-side normalisation
+    connection.request(method, path, headers=headers or {})  # the path exactly as given: no client-side normalisation
     response = connection.getresponse()
     response.body = response.read()
     connection.close()
@@ -223,6 +223,38 @@ def test_server_serves_its_files_with_types_and_isolation_headers(artifacts, url
     assert request(url, "GET", "/model.json").body == manifest_path_for(artifact).read_bytes()
     head = request(url, "HEAD", "/model.onnx")
     assert head.status == 200 and head.body == b"" and int(head.getheader("Content-Length")) == artifact.stat().st_size
+
+
+def test_server_answers_a_current_copy_with_304_and_a_changed_file_anew(artifacts, tmp_path):
+    """Every file carries an ETag and a Last-Modified date; sent back (If-None-Match, or If-Modified-Since alone),
+    they get 304 with no body and the isolation headers; If-None-Match wins over the date; a file rewritten on disk
+    gets a new ETag and its new bytes."""
+    if not ORT_DIST.is_dir():
+        pytest.skip("onnxruntime-web is not installed: run `make web`")
+    artifact = tmp_path / "x.sampler.onnx"
+    shutil.copy(artifacts["dpmpp"], artifact)
+    shutil.copy(manifest_path_for(artifacts["dpmpp"]), manifest_path_for(artifact))
+    epoch = "Thu, 01 Jan 1970 00:00:00 GMT"
+    with serving(artifact) as url:
+        for path in ("/", "/ort/ort-wasm-simd-threaded.wasm", "/model.onnx"):
+            first = request(url, "GET", path)
+            etag, modified = first.getheader("ETag"), first.getheader("Last-Modified")
+            assert first.status == 200 and etag.startswith('"') and modified.endswith(" GMT"), path
+            for method, headers in [("GET", {"If-None-Match": etag}), ("HEAD", {"If-None-Match": etag}),
+                                    ("GET", {"If-None-Match": f'"other", W/{etag}'}), ("GET", {"If-None-Match": "*"}),
+                                    ("GET", {"If-Modified-Since": modified})]:
+                again = request(url, method, path, headers)
+                assert again.status == 304 and again.body == b"" and again.getheader("ETag") == etag, (path, headers)
+                assert again.getheader("Content-Length") is None
+                assert again.getheader("Cross-Origin-Embedder-Policy") == "require-corp"
+            for headers in [{"If-None-Match": '"other"'}, {"If-Modified-Since": epoch},
+                            {"If-Modified-Since": "not a date"}, {"If-None-Match": '"other"', "If-Modified-Since": modified}]:
+                fresh = request(url, "GET", path, headers)
+                assert fresh.status == 200 and fresh.body == first.body and len(fresh.body) > 0, (path, headers)
+        old = request(url, "GET", "/model.onnx").getheader("ETag")
+        artifact.write_bytes(artifact.read_bytes() + b"\0")
+        changed = request(url, "GET", "/model.onnx", {"If-None-Match": old})
+        assert changed.status == 200 and changed.body == artifact.read_bytes() and changed.getheader("ETag") != old
 
 
 OTHER_PATHS = [
