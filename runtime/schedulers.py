@@ -43,7 +43,6 @@ float64 and applied as Python floats.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -132,7 +131,8 @@ def _row(abar: float, **weights: float) -> np.ndarray:
 
 
 class Scheduler:
-    """Shared state: the schedule, the visited timesteps, their step table, and a run's previous x0s."""
+    """The schedule, the visited timesteps, their step table (read-only), and the previous x0s that `step` carries
+    within one run. `Sampler.denoise` keeps a run's x0s itself, so one Scheduler serves many runs, even at once."""
 
     stochastic = False  # whether the run takes a fresh z on every step but the last
     history = 0  # how many previous x0 a step uses
@@ -160,13 +160,6 @@ class Scheduler:
         if self._table is None:
             raise ValueError("call set_timesteps first")
         return self._table
-
-    def start(self) -> "Scheduler":
-        """A copy for one sampling run, its step-to-step state cleared: runs never share state, so one
-        Scheduler can serve many runs, one after another or at once from several threads."""
-        run = copy.copy(self)
-        run.reset()
-        return run
 
     def reset(self) -> None:
         """Forget the previous x0s a run carries from step to step (multistep schedulers only have any)."""
@@ -235,7 +228,7 @@ class DPMSolverPlusPlusScheduler(Scheduler):
 
     First order: x_prev = (sigma_prev / sigma_t) x - alpha_prev (e^{-h} - 1) x0, with h = lambda_prev - lambda_t.
     Second order: x0 is replaced by D = (1 + 1/(2r)) x0 - 1/(2r) x0_last, r = h_last / h. It keeps the
-    last x0 between calls, so steps must come in order; `set_timesteps` and `start` reset it.
+    last x0 between calls, so steps must come in order; `set_timesteps` resets it.
     """
 
     order = 2
