@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 from dataclasses import dataclass
 from math import prod
@@ -77,7 +78,8 @@ def count_flops(model: onnx.ModelProto | str | Path, batch: int = 1) -> int:
 
 def make_models(work: str, formats: List[str], checkpoint: Optional[str], tiny: bool) -> Dict[str, Any]:
     """`checkpoint` (None: an untrained tutorial-size U-Net, 8x8 if `tiny`) exported to `formats` in `work`, the
-    ONNX twice (optimised and plain graph), without the numeric gate: {checkpoint, artifacts, errors}."""
+    ONNX twice (optimised and plain graph), without the numeric gate: {checkpoint, artifacts, errors}, with the
+    checkpoint relative to the working folder (None: untrained) and each artifact's `file` relative to `work`."""
     from ..train import prepare_mindspore
 
     prepare_mindspore()
@@ -92,15 +94,17 @@ def make_models(work: str, formats: List[str], checkpoint: Optional[str], tiny: 
     if checkpoint is None:
         ms.set_seed(0)
         config = Config(model=ModelConfig(image_size=8, channels=1, dim=8, dim_mults=(1, 2))) if tiny else Config()
-        checkpoint = save_checkpoint(Path(work) / "untrained.ckpt", config, step=0, net=build_unet(config.model))
-    result: Dict[str, Any] = {"checkpoint": str(resolve_checkpoint_path(checkpoint)), "artifacts": [], "errors": {}}
+        source = save_checkpoint(Path(work) / "untrained.ckpt", config, step=0, net=build_unet(config.model))
+    else:
+        source = resolve_checkpoint_path(checkpoint)
+    result: Dict[str, Any] = {"checkpoint": checkpoint and os.path.relpath(source), "artifacts": [], "errors": {}}
     for fmt in formats:
         for graph, optimize in ({"optimized": True, "plain": False} if fmt == "onnx" else {None: True}).items():
             out = Path(work) / f"unet{'-' + graph if graph else ''}{format_module(fmt).SUFFIX}"
             try:
-                export_checkpoint(Path(result["checkpoint"]), ExportRequest(fmt, out, gate=None, optimize=optimize),
+                export_checkpoint(Path(source), ExportRequest(fmt, out, gate=None, optimize=optimize),
                                   log=lambda line: None)  # the bench logs its own progress
-                result["artifacts"].append({"format": fmt, "graph": graph, "path": str(out)})
+                result["artifacts"].append({"format": fmt, "graph": graph, "file": out.name})
             except Exception as exc:  # a format that cannot be made here (e.g. no Lite bridge) is reported
                 result["errors"][f"export {fmt}"] = f"{type(exc).__name__}: {first_line(exc)}"
     return result
@@ -115,7 +119,7 @@ def engine_rows(s: BenchSettings, artifacts: List[Dict[str, Any]], missing: Dict
             missing[engine] = f"no {spec.format} export (see Not measured)"
         for artifact in [a for a in artifacts if a["format"] == spec.format]:
             label = engine + (f" ({artifact['graph']} graph)" if artifact["graph"] else "")
-            rows[label] = {"kind": engine, "artifact": artifact["path"], "threads": s.threads}
+            rows[label] = {"kind": engine, "artifact": str(s.work / artifact["file"]), "threads": s.threads}
     return rows
 
 
@@ -152,9 +156,10 @@ class Bench:
                           formats=sorted({BACKENDS[e].format for e in self.s.engines} | {"onnx"}),
                           checkpoint=self.s.checkpoint and str(self.s.checkpoint))
         self.errors.update(models["errors"])
-        onnx_path = next((a["path"] for a in models["artifacts"] if a["format"] == "onnx"), None)
-        if onnx_path is None:
+        onnx_file = next((a["file"] for a in models["artifacts"] if a["format"] == "onnx"), None)
+        if onnx_file is None:
             raise ToolkitError(f"could not export the model to ONNX: {models['errors'].get('export onnx')}")
+        onnx_path = self.s.work / onnx_file
         self.flops_per_image, self.manifest = count_flops(onnx_path), Manifest.load(manifest_path_for(onnx_path))
         self.result.update(models=models, model={"config": self.manifest.config["model"], "timesteps":
                            self.manifest.timesteps, "gflop_per_image": self.flops_per_image / 1e9})
@@ -228,6 +233,7 @@ def render_markdown(result: Dict[str, Any]) -> str:
     """Machine, model and peak; U-Net calls per engine; end to end; what was not measured."""
     m, model, peak, e2e = result["machine"], result["model"], result["peak"], result["end_to_end"]
     cfg, first = model["config"], next((r["backend"] for r in result["unet"]), "the first engine")
+    checkpoint = result["models"]["checkpoint"]
     unet = [[r["backend"], r["batch"], r["n"], milliseconds(r["median_s"]), milliseconds(r["min_s"]),
              number(r["gflops_median"], 1), number(r["gflops_best"], 1),
              f"{percent(r['peak_fraction_best'])} ({percent(r['peak_fraction_median'])})", number(r["vs_first"])]
@@ -239,7 +245,8 @@ def render_markdown(result: Dict[str, Any]) -> str:
            f"Python {m['python']}; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.\n",
            f"**Model**: U-Net {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, dim {cfg['dim']}, dim_mults "
            f"{cfg['dim_mults']}, T={model['timesteps']}; {model['gflop_per_image']:.3f} GFLOP per image (Conv, "
-           f"ConvTranspose, MatMul, Gemm of the exported ONNX). Checkpoint: `{result['models']['checkpoint']}`.\n",
+           f"ConvTranspose, MatMul, Gemm of the exported ONNX). Checkpoint: "
+           f"{f'`{checkpoint}`' if checkpoint else 'untrained (random weights)'}.\n",
            f"**fp32 MatMul peak** ({peak['size']}x{peak['size']} float32 MatMul on {peak['engine']}, timed in turn with "
            "the U-Net calls): " + (f"**{peak['gflops_best']:.0f} GFLOP/s** best, {peak['gflops_median']:.0f} median "
                                   f"over {peak['n']} calls" if "n" in peak else "**not measured** (see Not measured)")

@@ -3,7 +3,9 @@ model's own data (train/classifier.py, in a child with MindSpore), run like the 
 row follows each seed's x_T and Brownian path (`brownian_coupling`); docs/quality.md has the details."""
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import re
 import time
 import warnings
@@ -23,7 +25,7 @@ from ..runtime.schedulers import DEFAULT_SPACING, SCHEDULERS, SPACINGS, brownian
 from ..train.classifier import train_classifier
 from ..train.data import load_labeled_images, to_model_range
 
-from .harness import Log, in_child, load_average, onnx_session, table
+from .harness import Log, in_child, load_average, machine, onnx_session, table
 
 NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++(2M)", "dpmpp-sde": "DPM-Solver++(2M) SDE",
          "dpmpp3m": "DPM-Solver++(3M)"}
@@ -220,7 +222,7 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int, seeds: Seque
                 resamples: int, classifier: Optional[Path], classifier_steps: int, threads: Optional[int], log: Log,
                 command: str) -> Dict[str, Any]:
     """Sample, score, and write OUT.json, OUT.md and a picture per row in OUT/ (`out`: absolute, without suffix)."""
-    began = time.perf_counter()
+    began, started = time.perf_counter(), datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     onnx_path = work / "unet.onnx"
     log(f"exporting {checkpoint} to ONNX (with the numeric gate) ...")
     run_module("cli", "export", "--checkpoint", checkpoint, "--format", "onnx", "--out", onnx_path,
@@ -275,7 +277,8 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int, seeds: Seque
     first = features[0][:len(halves[0])]
     floor = {"real_vs_real": baselines[0]["fd"], "n": len(first),
              "baseline_vs_real_half": frechet_distance(FeatureStats.of(first), FeatureStats.of(halves[1]))}
-    result = {"command": command, "checkpoint": str(checkpoint), "config": manifest.config, "T": manifest.timesteps,
+    result = {"command": command, "started": started, "machine": machine(), "checkpoint": os.path.relpath(checkpoint),
+              "config": manifest.config, "T": manifest.timesteps,
               "classifier": model.info, "n": n, "seeds": list(seeds), "resamples": resamples,
               "reference_images": len(ref_features), "baselines": baselines, "rows": results, "floor": floor,
               "resolution": _resolution(results), "threads": threads,
@@ -308,8 +311,9 @@ def render_quality(result: Dict[str, Any]) -> str:
               f"{r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]",
               "{:+.1f}% [{:+.1f}%, {:+.1f}%]".format(*(100 * r[k] / base["fd"] for k in ("difference", "low", "high"))),
               f"{r['score']:.2f}", _histogram(r), f"![]({r['picture']})"] for r in rows]
-    return "\n".join([f"# Sample quality\n\n`{result['command']}`: {result['duration_s']:.0f} s, load average "
-             f"{result['load_average']}. Model `{result['checkpoint']}` (T={result['T']}) on onnxruntime; features of a "
+    return "\n".join([f"# Sample quality\n\n`{result['command']}` on {result['started']}: {result['duration_s']:.0f} s "
+             f"on {result['machine']['cpu']} ({result['machine']['cpus']} cores), load average {result['load_average']}. "
+             f"Model `{result['checkpoint']}` (T={result['T']}) on onnxruntime; features of a "
              f"classifier trained on `{info.get('data')}` (test accuracy {100 * info.get('test_accuracy', 0):.1f}%); FD "
              f"of {base['n']} samples per row (seeds {', '.join(map(str, result['seeds']))}) against "
              f"{result['reference_images']} reference images; paired differences to {base['name']} (every row on each seed's "

@@ -69,6 +69,16 @@ def test_bench_quick_json_has_every_measurement(quick_bench):
     assert result["command"].startswith("python cli.py bench --quick --out bench")  # the program as it was called
 
 
+def test_bench_records_no_absolute_path(quick_bench):
+    """The untrained model is named as such and the exports by their file names in --work: nothing in the report
+    depends on the folder the bench ran in."""
+    cwd, markdown, result = quick_bench
+    assert result["models"]["checkpoint"] is None and "untrained (random weights)" in markdown
+    assert {a["file"] for a in result["models"]["artifacts"]} >= {"unet-optimized.onnx", "unet-plain.onnx"}
+    for text in (json.dumps(result), markdown):
+        assert str(cwd) not in text and "/tmp/" not in text
+
+
 def test_a_report_without_a_peak_says_so(quick_bench):
     from ms_ddpm.bench.latency import render_markdown
 

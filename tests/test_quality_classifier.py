@@ -25,7 +25,8 @@ def test_classifier_trains_and_exports_logits_and_features(tmp_path):
 
 
 def test_quality_runs_from_another_folder_with_relative_paths(tiny_checkpoint, tmp_path):
-    """Relative --checkpoint and --out against the caller's folder; the default scratch folder leaves nothing."""
+    """Relative --checkpoint and --out against the caller's folder; the default scratch folder leaves nothing; the
+    report records paths relative to that folder, with the date and the CPU."""
     shutil.copy(tiny_checkpoint, tmp_path / "tiny.ckpt")
     result = run_cli("quality", "--checkpoint", "tiny.ckpt", "--out", "q", "--n", "8", "--classifier-steps", "20",
                      "--rows", "ddpm:10,ddim:5:eta=1,dpmpp-sde:5,dpmpp3m:3", "--seeds", "0,1", "--resamples", "10",
@@ -41,6 +42,9 @@ def test_quality_runs_from_another_folder_with_relative_paths(tiny_checkpoint, t
     assert all(r["low"] <= r["difference"] <= r["high"] for r in rows)
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == sorted(f"{r['picture'][2:]}" for r in rows)
     assert "](q/ddpm-10.png)" in (tmp_path / "q.md").read_text()
+    assert report["checkpoint"] == "tiny.ckpt" and report["started"] and report["machine"]["cpu"]
+    for text in ((tmp_path / "q.json").read_text(), (tmp_path / "q.md").read_text()):
+        assert str(tmp_path) not in text and "/tmp/" not in text
 
 
 def test_quality_path_errors_come_before_any_work(tiny_checkpoint, tmp_path):
