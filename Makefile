@@ -40,7 +40,7 @@ hosts: mslite
 	$(MAKE) -C runtime/hosts/cpp LITE="$$($(PY) -c 'from ms_ddpm.runtime.mslite.build import lite_root; print(lite_root())')"
 
 # The browser host's npm packages, pinned by $(WEB)/package-lock.json (onnxruntime-web 1.30.0 for the page that
-# `cli.py web` serves, playwright-core for its tests), and, as root, Debian's chromium for the tests.
+# `ms-ddpm web` serves, playwright-core for its tests), and, as root, Debian's chromium for the tests.
 web: $(WEB)/node_modules/.package-lock.json
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@command -v chromium >/dev/null || echo "make web: no chromium on PATH (Debian: apt-get install chromium, as root): the browser tests will skip"

@@ -1,4 +1,4 @@
-"""CLI commands `export` and `verify`. cli.py imports this module at start-up: no MindSpore here
+"""CLI commands `export` and `verify`. The CLI (cli.py) imports this module at start-up: no MindSpore here
 (export.pipeline, which loads it, is imported inside the commands after the cheap checks).
 """
 from __future__ import annotations

@@ -46,7 +46,7 @@ class Thresholds:
 
 # MindSpore Lite 2.0.0's CPU kernels carry about 1e-4 *relative* error (onnxruntime: 5e-7), so its absolute
 # error grows with the model's output scale: max abs 2.1e-4 on the untrained tutorial-size U-Net, 1.3e-3 on
-# the trained `make demo` model (max rel 1.6e-4, PSNR >= 98 dB, cosine 1 - 1e-9). The issue's 5e-4 fails
+# the trained `make demo` model (max rel 1.6e-4, PSNR >= 98 dB, cosine 1 - 1e-9). A bound of 5e-4 fails
 # trained models, so the Lite format's default is 2e-3, with the cosine bound at 0.9999.
 MSLITE_THRESHOLDS = Thresholds(atol=2e-3, min_cosine=0.9999)
 

@@ -1,4 +1,4 @@
-"""Graph optimisation of an exported U-Net ONNX for onnxruntime's CPU kernels (issue 14).
+"""Graph optimisation of an exported U-Net ONNX for onnxruntime's CPU kernels.
 
 MindSpore's exporter writes opset 11 with every normalisation and GELU spelled out in element-wise ops,
 which onnxruntime runs one memory-bound kernel at a time. `optimize_unet` rewrites a copy:

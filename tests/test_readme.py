@@ -1,6 +1,6 @@
 """The README's CLI lines, run as written (tiny sizes substituted) and in order, from a scratch folder outside
 the repository with the README's relative paths: README and code cannot drift apart, and every command works
-from any folder (issue 11.2, 11.7).
+from any folder, its relative paths taken against that folder.
 
 Left out, each covered by its own test: `bench` (tests/test_bench.py), `quality` (tests/test_quality_*.py) and
 the msrun lines, `--workers` or `msrun ...` (tests/test_distributed.py).

@@ -1,6 +1,6 @@
 """The wheel as a user installs it: only `ms_ddpm/...` inside; in a fresh venv without MindSpore, run from a
 folder with its own `runtime/`, `export.py` and `cli.py`, `ms-ddpm sample --artifact` and the README's Python
-snippet work, and `ms-ddpm export` / `train` name the extra they need (issue 12).
+snippet work, and `ms-ddpm export` / `train` name the extra they need.
 
 Offline: the wheel is built with the project venv's setuptools (--no-build-isolation); the base dependencies
 (numpy, pillow, onnxruntime, typer, tqdm and what they require) come from the project venv through a .pth

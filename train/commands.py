@@ -1,6 +1,6 @@
 """CLI commands of the training module: `train`, `noise`, and the MindSpore reference path of `sample`.
 
-Imported by cli.py at start-up, so MindSpore is imported inside the functions only.
+Imported by the CLI (cli.py) at start-up, so MindSpore is imported inside the functions only.
 """
 from __future__ import annotations
 

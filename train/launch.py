@@ -1,8 +1,9 @@
 """Launching data-parallel training with MindSpore's own launcher, `msrun`, on this machine.
 
-`cli.py train --workers N` checks what would otherwise fail late (msrun missing, a worker count that
+`ms-ddpm train --workers N` checks what would otherwise fail late (msrun missing, a worker count that
 does not divide the batch, a master port in use: msrun's workers would wait out the whole cluster
-timeout), then runs msrun, which starts a scheduler and N workers, each `cli.py train --distributed`.
+timeout), then runs msrun, which starts a scheduler and N workers, each running this
+`train` command with `--distributed`.
 No MindSpore here: this side only starts processes.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ def msrun_worker_count() -> int:
     missing = [name for name in MSRUN_VARIABLES if not os.environ.get(name)]
     if missing:
         raise ToolkitError(f"--distributed needs MindSpore's msrun launcher ({missing[0]} is not set): use "
-                           "`python cli.py train --workers N ...` or `msrun ... cli.py train --distributed ...` (see README)")
+                           "`ms-ddpm train --workers N ...` or `msrun ... cli.py train --distributed ...` (see README)")
     return int(os.environ["MS_WORKER_NUM"])
 
 
