@@ -15,10 +15,11 @@ MASTER_PORT ?= 8118
 # The sampler the demo bakes into its sampler-step artifacts and uses on the runtime (docs/quality.md).
 DEMO_SAMPLER := dpmpp-sde
 DEMO_STEPS   := 10
-HOST         := runtime/hosts/cpp/build/ddpm-sample
+HOST         := runtime/hosts/cpp/build/bin/ddpm-sample
 WEB          := runtime/hosts/web
-# Debian packages of the C++ host (JSON reader, PNG writer): installed with apt-get, as root, where missing.
-HOST_PACKAGES := nlohmann-json3-dev libpng-dev
+# Debian packages of the C++ host (JSON reader, PNG writer) and of its bundle test (strace: which files the bundled
+# host opens): installed with apt-get, as root, where missing.
+HOST_PACKAGES := nlohmann-json3-dev libpng-dev strace
 
 .PHONY: setup mslite hosts web demo train-dp test clean
 setup: $(VENV)/.installed
@@ -37,7 +38,7 @@ mslite: setup
 hosts: mslite
 	@dpkg -s $(HOST_PACKAGES) >/dev/null 2>&1 || [ "$$(id -u)" = 0 ] || { echo "error: make hosts needs Debian's $(HOST_PACKAGES): apt-get install $(HOST_PACKAGES), as root" >&2; exit 2; }
 	dpkg -s $(HOST_PACKAGES) >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(HOST_PACKAGES))
-	$(MAKE) -C runtime/hosts/cpp LITE="$$($(PY) -c 'from ms_ddpm.runtime.mslite.build import lite_root; print(lite_root())')"
+	$(MAKE) -C runtime/hosts/cpp $$($(PY) -m ms_ddpm.runtime.mslite.build --make-variables)
 
 # The browser host's npm packages, pinned by $(WEB)/package-lock.json (onnxruntime-web 1.30.0 for the page that
 # `ms-ddpm web` serves, playwright-core for its tests), and, as root, Debian's chromium for the tests.

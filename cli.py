@@ -100,6 +100,7 @@ app.command("web")(web_command.web)
 from .runtime import commands as runtime_commands  # noqa: E402  (light: onnxruntime only inside `sample`)
 
 app.command("info")(runtime_commands.info)
+app.command("bundle")(interruptible(runtime_commands.bundle))
 
 
 # `sample` options that only the runtime path (--artifact) uses.

@@ -1,4 +1,4 @@
-"""The runtime's CLI commands: `sample --artifact ...` (with a progress bar over the steps) and `info`."""
+"""The runtime's CLI commands: `sample --artifact ...` (with a progress bar over the steps), `info` and `bundle`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,8 +53,34 @@ def sample_artifact(artifact: Path, *, backend: Optional[str], scheduler: Option
           + ", ".join(map(str, written)))
 
 
-def info(artifact: Path = typer.Argument(..., help="An exported model (unet.onnx, ...) or its manifest (unet.onnx.json).")
-         ) -> None:
-    """Describe an exported model from its manifest: format, config, batch policy, opset, gate result, sha256."""
-    manifest = artifact if artifact.suffix.lower() == ".json" else manifest_path_for(check_artifact_path(artifact))
-    typer.echo("\n".join([f"manifest: {manifest}", *Manifest.load(manifest).describe()]))
+def info(path: Path = typer.Argument(..., help="An exported model (unet.onnx, ...), its manifest (unet.onnx.json), "
+                                              "or a bundle folder (ms-ddpm bundle).")) -> None:
+    """Describe an exported model or a bundle, and check it: the model's sha256 against its manifest, every file of a
+    bundle against its bundle.json. Exit 1 when something does not match."""
+    from .bundle import BUNDLE_FILE, artifact_check, describe_bundle
+
+    if path.is_dir() and (path / BUNDLE_FILE).is_file():
+        lines, ok = describe_bundle(path)
+    else:
+        artifact = path.with_suffix("") if path.suffix.lower() == ".json" else check_artifact_path(path)
+        manifest = Manifest.load(manifest_path_for(artifact))
+        check, ok = artifact_check(artifact, manifest)
+        lines = [f"manifest: {manifest_path_for(artifact)}", *manifest.describe(), check]
+    typer.echo("\n".join(lines))
+    if not ok:
+        raise typer.Exit(1)
+
+
+def bundle(
+    artifact: Path = typer.Argument(..., help="A sampler-step artifact: .lite.mindir for --host cpp, .onnx for --host web "
+                                              "(ms-ddpm export --sampler NAME), with its manifest beside it."),
+    host: str = typer.Option(..., help="cpp (ddpm-sample on MindSpore Lite) | web (a static page on onnxruntime-web)."),
+    out: Path = typer.Option(..., help="The bundle folder to write (new, or empty); with --tar the archive, "
+                                       "NAME.tar.xz (smaller) or NAME.tar.gz."),
+    tar: bool = typer.Option(False, "--tar", help="Write one deterministic archive instead of a folder."),
+    progress: bool = typer.Option(True, help="Show a progress bar while the archive is compressed (only on a terminal)."),
+) -> None:
+    """Write what a host needs to sample from ARTIFACT on another machine, and nothing else: a folder or an archive."""
+    from .bundle import bundle as write_bundle
+
+    typer.echo("\n".join(write_bundle(check_artifact_path(artifact), host, out, tar=tar, progress=progress)))

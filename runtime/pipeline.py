@@ -46,6 +46,18 @@ def load_artifact(artifact: Union[str, Path]) -> Tuple[Path, Manifest]:
     return artifact, manifest
 
 
+def load_step_artifact(artifact: Union[str, Path], fmt: str, host: str) -> Tuple[Path, Manifest]:
+    """A sampler-step artifact of format `fmt` that matches its manifest, for `host` (the page, the C++ host)."""
+    artifact, manifest = load_artifact(artifact)
+    if manifest.sampler is None:
+        raise ToolkitError(f"{artifact} is not a sampler artifact (a plain U-Net: its manifest has no sampler section); "
+                           f"export one with `ms-ddpm export --format {fmt} --sampler NAME`")
+    if manifest.format != fmt:
+        raise ToolkitError(f"{artifact}: {host} runs {fmt} sampler-step artifacts, not {manifest.format} "
+                           f"(export one with `ms-ddpm export --format {fmt} --sampler NAME`)")
+    return artifact, manifest
+
+
 def draw_noise(shape: Sequence[int], noise_steps: int, seed: int = 0) -> Tuple[np.ndarray, Iterator[np.ndarray]]:
     """x_T of `shape` now, then `noise_steps` z of `shape` drawn lazily: the seed's NoiseStream, in loop order."""
     stream = NoiseStream(seed)

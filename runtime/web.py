@@ -66,14 +66,9 @@ def web(
 def routes(artifact: Path) -> Routes:
     """The server's whole file table; refuses an artifact that is not an ONNX sampler-step model matching its
     manifest, and a checkout where onnxruntime-web is not installed."""
-    from .pipeline import load_artifact  # numpy and the backends: only when the command runs
+    from .pipeline import load_step_artifact  # numpy and the backends: only when the command runs
 
-    artifact, manifest = load_artifact(artifact)
-    if manifest.sampler is None:
-        raise ToolkitError(f"{artifact} is not a sampler artifact (a plain U-Net: its manifest has no sampler section); "
-                           "export one with `ms-ddpm export --format onnx --sampler NAME`")
-    if manifest.format != "onnx":
-        raise ToolkitError(f"{artifact}: the page runs ONNX sampler-step artifacts, not {manifest.format}")
+    artifact, _ = load_step_artifact(artifact, "onnx", "the page")
     missing = [name for name in ORT_FILES if not (ORT_DIST / name).is_file()]
     if missing:
         raise ToolkitError(f"onnxruntime-web is not installed ({ORT_DIST / missing[0]} is missing): run `make web`, "

@@ -81,3 +81,17 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str, cod
     assert len(errors) == 1, result.stderr[-2000:]
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
+
+
+@pytest.fixture(scope="session")
+def host() -> Path:
+    """The C++ host build/bin/ddpm-sample, built by its Makefile against the Lite wheel (a no-op when up to date, as
+    `make hosts` leaves it)."""
+    from ms_ddpm.runtime.bundle import HOST_BINARY
+    from ms_ddpm.runtime.mslite.build import ensure_bridge, host_make_variables
+
+    ensure_bridge()
+    result = subprocess.run(["make", "-s", "-C", str(HOST_BINARY.parents[2]), *host_make_variables()],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return HOST_BINARY

@@ -18,27 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import LITE_PLATFORM, REPO, assert_clean_error, run_cli, tiny_config
+from conftest import LITE_PLATFORM, assert_clean_error, run_cli, tiny_config
 from ms_ddpm.runtime.images import save_grid, to_uint8
 
 pytestmark = pytest.mark.skipif(not LITE_PLATFORM, reason="MindSpore Lite's only PyPI wheel is for x86_64 Linux")
 
-HOST_DIR = REPO / "runtime" / "hosts" / "cpp"
 SAMPLERS = {"ddpm": 10, "ddim": 7, "dpmpp": 5}  # name -> steps (the tiny model has T = 10)
 N = 16
 ATOL = 1e-4  # max abs of the final float x
 UINT8_EQUAL = 0.999  # share of equal uint8 pixels
-
-
-@pytest.fixture(scope="module")
-def host() -> Path:
-    """The host, built by its Makefile against the Lite wheel (a no-op when up to date, as `make hosts` leaves it)."""
-    from ms_ddpm.runtime.mslite.build import ensure_bridge, lite_root
-
-    ensure_bridge()
-    result = subprocess.run(["make", "-s", "-C", str(HOST_DIR), f"LITE={lite_root()}"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return HOST_DIR / "build" / "ddpm-sample"
 
 
 def export_step_artifact(checkpoint: Path, out: Path, name: str, steps: int, *options) -> Path:

@@ -1,4 +1,4 @@
-"""Killed mid-run: `cli.py train` and `cli.py export` are SIGKILLed at random points and inside their
+"""Killed mid-run: `ms-ddpm train` and `ms-ddpm export` are SIGKILLed at random points and inside their
 writes, then resumed or rerun.
 
 Training: the latest checkpoint always loads, at most one checkpoint interval is lost, and `--resume`
@@ -38,7 +38,7 @@ HOLD_BEFORE_RENAME = "MS_DDPM_TEST_HOLD_BEFORE_RENAME"
 
 @dataclass
 class Child:
-    """A `cli.py` process running in the background, its stderr in a file."""
+    """An `ms-ddpm` process (`cli.py`) running in the background, its stderr in a file."""
 
     process: subprocess.Popen
     stderr: Path
@@ -62,7 +62,7 @@ class Child:
 
 
 def _start(tmp: Path, *args, hold: Optional[str] = None) -> Child:
-    """`cli.py ARGS` in the background; `hold` (NAME:N) loads the fault-injection plug-in to hold that rename."""
+    """`ms-ddpm ARGS` in the background; `hold` (NAME:N) loads the fault-injection plug-in to hold that rename."""
     env = {key: value for key, value in os.environ.items() if key != HOLD_BEFORE_RENAME}
     env["GLOG_v"] = "3"
     if hold:

@@ -57,7 +57,7 @@ def _inputs(folder: Path) -> None:
 
 def test_the_readme_lists_the_cli():
     names = {args[0] for args in readme_command_lines()}
-    assert {"train", "sample", "noise", "export", "verify", "info", "bench", "quality"} <= names, names
+    assert {"train", "sample", "noise", "export", "verify", "info", "bench", "quality", "bundle"} <= names, names
 
 
 def test_every_readme_cli_line_runs_from_a_folder_outside_the_repository(tmp_path):
@@ -72,7 +72,7 @@ def test_every_readme_cli_line_runs_from_a_folder_outside_the_repository(tmp_pat
         assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-2000:])
         ran.append(args)
     expected = ["grid.png", "denoise.gif", "strip.png", "runtime.jpg", "runs/fmnist/export/unet.onnx.json",
-                "runs/fmnist/export/unet.mindir.json"] + ["runs/fmnist/export/unet.lite.mindir.json"] * LITE_PLATFORM
+                "runs/fmnist/export/unet.mindir.json", "site/index.html", "site/bundle.json"] + ["runs/fmnist/export/unet.lite.mindir.json"] * LITE_PLATFORM
     assert all((tmp_path / name).is_file() for name in expected), sorted(map(str, tmp_path.rglob("*")))
     with Image.open(tmp_path / "runtime.jpg") as picture:
         assert picture.format == "JPEG"

@@ -1,6 +1,7 @@
 """Fetch the PyPI MindSpore Lite 2.0.0 wheel and compile the native bridge against it.
 
-    python -m ms_ddpm.runtime.mslite.build
+    python -m ms_ddpm.runtime.mslite.build                   # fetch, unpack, compile the bridge
+    python -m ms_ddpm.runtime.mslite.build --make-variables  # what runtime/hosts/cpp/Makefile takes (`make hosts`)
 
 Idempotent: a no-op (well under a second) when the wheel is unpacked and the bridge is up to date.
 The wheel's own Python binding is for CPython 3.7 only, so on any other Python the toolkit reaches
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 from ..errors import ToolkitError
@@ -41,6 +43,11 @@ def cache_dir() -> Path:
 def lite_root() -> Path:
     """The unpacked `mindspore_lite` package: `include/` (C++ headers) and `lib/` (shared libraries)."""
     return cache_dir() / "wheel" / "mindspore_lite"
+
+
+def host_make_variables() -> list[str]:
+    """The variables of runtime/hosts/cpp/Makefile: the unpacked wheel, its Lite version, this toolkit's version."""
+    return [f"LITE={lite_root()}", f"LITE_VERSION={LITE_VERSION}", f"VERSION={metadata.version('ms-ddpm')}"]
 
 
 def bridge_library() -> Path:
@@ -133,6 +140,9 @@ def _first_error(stderr: str) -> str:
 def main() -> int:
     from . import official
 
+    if sys.argv[1:] == ["--make-variables"]:
+        print(" ".join(host_make_variables()))
+        return 0
     try:
         if official.available():
             print(f"MindSpore Lite {official.version()} via the official Python API (mindspore_lite)")

@@ -8,7 +8,7 @@
 //
 // Noise: ddpm::NoiseStream(seed), x_T first, then z_i, each N*C*H*W values in C order; or, with --noise,
 // a float32 .npy of shape (1 + noise_steps, N, C, H, W) holding x_T and then z_0, z_1, ...
-// Build: `make hosts` at the repository root (runtime/hosts/cpp/Makefile).
+// Build: `make hosts` at the repository root (runtime/hosts/cpp/Makefile); ship: `ms-ddpm bundle --host cpp`.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -46,7 +46,8 @@ const char* const USAGE =
     "  --noise FILE   x_T and each noisy step's z instead: float32 (1 + noise_steps, N, C, H, W)\n"
     "  --frames DIR   also write each step's x0 prediction as DIR/x0_000.png, ...\n"
     "  --dump-float F the final x as float32 (N, C, H, W) .npy\n"
-    "  --threads T    Lite's CPU threads (default: Lite's own)\n";
+    "  --threads T    Lite's CPU threads (default: Lite's own)\n"
+    "  --version      the toolkit's version and the MindSpore Lite version it was built against\n";
 
 struct Options {
     std::string model, out, noise, frames, dump_float;
@@ -72,6 +73,10 @@ Options parse_args(int argc, char** argv) {
         const std::string flag = argv[i];
         if (flag == "--help" || flag == "-h") {
             std::fputs(USAGE, stdout);
+            std::exit(0);
+        }
+        if (flag == "--version") {
+            std::printf("ddpm-sample %s (ms-ddpm), built against MindSpore Lite %s\n", DDPM_VERSION, LITE_VERSION);
             std::exit(0);
         }
         if (i + 1 >= argc) throw Failure(flag.rfind("--", 0) == 0 ? flag + " needs a value" : "unexpected argument " + flag);

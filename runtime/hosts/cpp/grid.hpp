@@ -1,4 +1,4 @@
-// Samples to a PNG grid, pixel for pixel as runtime/images.py writes it: to_uint8 (clip((x + 1) * 127.5 + 0.5,
+// Samples to a PNG grid, byte for byte as runtime/images.py (Pillow) writes it: to_uint8 (clip((x + 1) * 127.5 + 0.5,
 // 0, 255), truncated), make_grid (ceil(sqrt(N)) columns, 2 px black padding), nearest enlargement by
 // max(1, 48 / H), grey, RGB or RGBA by channel count.
 #pragma once
@@ -53,6 +53,9 @@ inline void save_grid(const std::string& path, const std::vector<uint8_t>& image
         throw Failure("cannot write the PNG " + path);
     }
     png_init_io(png, file.get());
+    // Pillow's zlib memory level (libpng's own is 8) and IDAT size (its encoder's buffer): the bytes runtime/images.py writes.
+    png_set_compression_mem_level(png, 9);
+    png_set_compression_buffer_size(png, std::max<size_t>(65536, size_t(width) * scale * 4));
     png_set_IHDR(png, info, width * scale, height * scale, 8, color_types[c], PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     png_write_info(png, info);

@@ -1,5 +1,6 @@
-// The page (index.html): fetches the manifest and the artifact that `cli.py web` serves, runs the sampler-step
-// loop (sampler.mjs) on onnxruntime-web's wasm execution provider and draws the grid after every step.
+// The page (index.html): fetches the manifest and the artifact beside it (served by `ms-ddpm web`, or any static
+// file server from a `ms-ddpm bundle --host web` folder), runs the sampler-step loop (sampler.mjs) on
+// onnxruntime-web's wasm execution provider and draws the grid after every step.
 //
 // URL parameters:
 //   ?threads=N  wasm threads; default min(4, cores) when the page is cross-origin isolated (the server's
@@ -10,7 +11,8 @@
 import { gridPixels } from "./grid.mjs";
 import { denoise, openSession, parseSeed, samplerSpec } from "./sampler.mjs";
 
-const ORT = "/ort/ort.wasm.bundle.min.mjs";
+// Every URL is relative to the page, so the folder can be served from any path (`ms-ddpm bundle --host web`).
+const ORT = new URL("ort/ort.wasm.bundle.min.mjs", document.baseURI).href;
 const MAX_IMAGES = 64;
 const params = new URLSearchParams(location.search);
 const hook = params.has("test") ? (window.msDdpmTest = { state: "loading", timings: {} }) : null;
@@ -41,7 +43,7 @@ async function download(url, what) {
 }
 
 async function loadManifest() {
-  const text = await (await download("/model.json", "the manifest")).text();
+  const text = await (await download("model.json", "the manifest")).text();
   try {
     return JSON.parse(text);
   } catch (error) {
@@ -127,13 +129,14 @@ async function main() {
   const threads = threadCount();
   const ort = await import(ORT);
   // the .wasm only: this bundle carries its own loader (a path prefix would make it fetch a separate one)
-  ort.env.wasm.wasmPaths = { wasm: new URL("/ort/ort-wasm-simd-threaded.wasm", location.href).href };
+  ort.env.wasm.wasmPaths = { wasm: new URL("ort/ort-wasm-simd-threaded.wasm", document.baseURI).href };
   ort.env.wasm.numThreads = threads;
   const manifest = await loadManifest();
   const spec = samplerSpec(manifest);
-  const bytes = new Uint8Array(await (await download("/model.onnx", "the artifact")).arrayBuffer());
+  const bytes = new Uint8Array(await (await download("model.onnx", "the artifact")).arrayBuffer());
   const backend = `wasm execution provider, ${threads} thread${threads > 1 ? "s" : ""}` +
-    (crossOriginIsolated ? "" : " (the page is not cross-origin isolated: no wasm threads)");
+    (crossOriginIsolated ? "" : " (single-threaded: the server sends no cross-origin isolation headers, " +
+      "COOP/COEP, which wasm threads need)");
   showFacts(describe(manifest, spec, bytes.length, backend));
   let session;
   try {

@@ -1,4 +1,4 @@
-// Test driver (tests/test_web.py): drives the page that `cli.py web` serves in headless Chromium through
+// Test driver (tests/test_web.py): drives the page that `ms-ddpm web` serves in headless Chromium through
 // playwright-core, with the page's ?test=1 hook. Chromium: $CHROMIUM, else /usr/bin/chromium (Debian's).
 //
 //   node drive.mjs generate URL OUT N SEED   press Generate; OUT/ gets result.f32 (the float batch), canvas.png,
@@ -90,7 +90,7 @@ async function noise(url, out, count, seeds) {
   try {
     for (const seed of seeds) {
       const result = await page.evaluate(async ([seedText, size]) => {
-        const { NoiseStream } = await import("/noise.mjs");
+        const { NoiseStream } = await import(new URL("noise.mjs", document.baseURI).href);
         return Array.from(new NoiseStream(BigInt(seedText)).draw(size));
       }, [seed, count]);
       writeFileSync(join(out, `normals-${seed}.f32`), float32(result));

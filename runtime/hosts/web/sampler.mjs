@@ -10,12 +10,12 @@ const INPUTS = ["x", "i", "z", "state"];
 const OUTPUTS = ["x_next", "x0", "state_next"];
 const SEED_LIMIT = 1n << 64n;
 
-// What the loop needs from a manifest (cli.py export --sampler ...): throws a readable Error otherwise.
+// What the loop needs from a manifest (ms-ddpm export --sampler ...): throws a readable Error otherwise.
 export function samplerSpec(manifest) {
   const sampler = manifest?.sampler;
   if (typeof sampler !== "object" || sampler === null) {
     throw new Error("this artifact is not a sampler artifact: its manifest has no sampler section " +
-      "(export one with `cli.py export --format onnx --sampler NAME`)");
+      "(export one with `ms-ddpm export --format onnx --sampler NAME`)");
   }
   const model = manifest.config?.model ?? {};
   const spec = {
