@@ -101,6 +101,7 @@ from .runtime import commands as runtime_commands  # noqa: E402  (light: onnxrun
 
 app.command("info")(runtime_commands.info)
 app.command("bundle")(interruptible(runtime_commands.bundle))
+app.command("samplers")(runtime_commands.samplers)
 
 
 # `sample` options that only the runtime path (--artifact) uses.
@@ -118,7 +119,7 @@ def sample(
                                                        "a sampler-step artifact runs the one it carries (the reference path is always DDPM)."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: T for ddpm, 50 for ddim, 10 for dpmpp-sde, 20 for dpmpp and dpmpp3m)."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (default 0 = deterministic, 1 = DDPM-like)."),
-    spacing: Optional[str] = typer.Option(None, help="Timestep spacing with fewer steps than T: linspace | leading | trailing (default)."),
+    spacing: Optional[str] = typer.Option(None, help="Timestep spacing with fewer steps than T: linspace | leading | trailing (default) | logsnr | karras."),
     clip_x0: Optional[bool] = typer.Option(None, "--clip-x0/--no-clip-x0", help="Clip each predicted x0 to [-1, 1] (default: no)."),
     n: int = typer.Option(16, help="Number of images."),
     batch: Optional[int] = typer.Option(None, help="Images per U-Net call (default: all at once, or the artifact's fixed batch)."),

@@ -84,3 +84,10 @@ def bundle(
     from .bundle import bundle as write_bundle
 
     typer.echo("\n".join(write_bundle(check_artifact_path(artifact), host, out, tar=tar, progress=progress)))
+
+
+def samplers() -> None:
+    """List every scheduler and spacing: U-Net calls per image and the sample quality measured (docs/quality.md)."""
+    from .measured import sampler_lines
+
+    typer.echo("\n".join(sampler_lines()))

@@ -32,8 +32,11 @@ and the step's x0 becomes the next step's x0_prev1. Each scheduler only derives 
 Spacing of the S timesteps (`SPACINGS`): `linspace` rounds S evenly spaced points of [0, T-1];
 `leading` takes 0, k, 2k, ... with k = T // S (DDIM paper, diffusers' default); `trailing` takes
 T-1, T-1-T/S, ... (Lin et al. 2024, "Common diffusion noise schedules and sample steps are
-flawed"). The default is `trailing`: it always starts at the last trained timestep, matching x_T ~
-N(0, I), which `leading` does not. At S = T all three give T-1 ... 0. DPM-Solver++ in particular
+flawed"); `logsnr` and `karras` follow the noise level instead of the index, from T-1 down to 0:
+evenly spaced in log-SNR (DPM-Solver's `logSNR` spacing), or in sigma^(1/7) with sigma =
+sqrt((1 - abar) / abar) (Karras et al. 2022, eq. 5, rho = 7), each rounded to the nearest timestep.
+The default is `trailing`: it always starts at the last trained timestep, matching x_T ~ N(0, I),
+which `leading` does not. At S = T every spacing gives T-1 ... 0. DPM-Solver++ in particular
 wants `trailing`: `linspace` and `leading` end on t = 0, so the step before is long in log-SNR and
 the 2M extrapolation from it overshoots (on a Gaussian toy at 20 steps, std 0.62 for a true 0.5).
 
@@ -52,12 +55,15 @@ import numpy as np
 from .errors import ToolkitError
 from .schedules import ScheduleTables
 
-SPACINGS = ("linspace", "leading", "trailing")
+SPACINGS = ("linspace", "leading", "trailing", "logsnr", "karras")
 DEFAULT_SPACING = "trailing"
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
 
 
-def spaced_timesteps(timesteps: int, steps: int, spacing: str = DEFAULT_SPACING) -> np.ndarray:
-    """`steps` distinct timesteps of [0, timesteps), in descending (sampling) order."""
+def spaced_timesteps(alphas_cumprod: np.ndarray, steps: int, spacing: str = DEFAULT_SPACING) -> np.ndarray:
+    """`steps` distinct timesteps of [0, T), in descending (sampling) order; T = len(alphas_cumprod), which
+    the noise-level spacings (`logsnr`, `karras`) also read."""
+    timesteps = len(alphas_cumprod)
     if not 1 <= steps <= timesteps:
         raise ToolkitError(f"steps must be between 1 and T={timesteps}, got {steps}")
     if spacing == "linspace":
@@ -66,9 +72,32 @@ def spaced_timesteps(timesteps: int, steps: int, spacing: str = DEFAULT_SPACING)
         chosen = (np.arange(steps) * (timesteps // steps))[::-1]
     elif spacing == "trailing":
         chosen = np.round(timesteps - np.arange(steps) * (timesteps / steps)) - 1
+    elif spacing in ("logsnr", "karras"):
+        chosen = _noise_level_timesteps(np.asarray(alphas_cumprod, dtype=np.float64), steps, spacing)
     else:
         raise ToolkitError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     return chosen.astype(np.int64)
+
+
+def _noise_level_timesteps(abar: np.ndarray, steps: int, spacing: str) -> np.ndarray:
+    """From t = T-1 down to t = 0, evenly spaced in log-SNR (`logsnr`) or in sigma^(1/rho) (`karras`, sigma =
+    sqrt((1 - abar) / abar)), each level rounded to the nearest timestep in log sigma; where rounding gives a
+    timestep twice, the later one moves down (and the earlier up where it reaches 0), so all stay distinct."""
+    log_sigma = 0.5 * np.log((1.0 - abar) / abar)  # increasing in t; -log_sigma is half the log-SNR
+    fraction = np.linspace(0.0, 1.0, steps)
+    if spacing == "logsnr":
+        targets = log_sigma[-1] + fraction * (log_sigma[0] - log_sigma[-1])
+    else:
+        ends = np.exp(log_sigma[[-1, 0]] / KARRAS_RHO)
+        targets = KARRAS_RHO * np.log(ends[0] + fraction * (ends[1] - ends[0]))
+    chosen = np.abs(log_sigma[None, :] - targets[:, None]).argmin(axis=1)
+    for i in range(1, steps):  # descending and distinct ...
+        chosen[i] = min(chosen[i], chosen[i - 1] - 1)
+    for i in range(steps - 1, -1, -1):  # ... and none below 0
+        chosen[i] = max(chosen[i], steps - 1 - i)
+        if i + 1 < steps:
+            chosen[i] = max(chosen[i], chosen[i + 1] + 1)
+    return chosen
 
 
 STEP_COLUMNS = ("sqrt_abar", "sqrt_one_minus_abar", "x", "eps", "x0", "x0_prev1", "x0_prev2", "z")
@@ -147,7 +176,7 @@ class Scheduler:
         self.reset()
 
     def set_timesteps(self, steps: int) -> "Scheduler":
-        self.timesteps = spaced_timesteps(self.tables.timesteps, steps, self.spacing)
+        self.timesteps = spaced_timesteps(self.tables.alphas_cumprod, steps, self.spacing)
         self._index = {int(t): i for i, t in enumerate(self.timesteps)}
         abars = np.append(self.tables.alphas_cumprod[self.timesteps], 1.0)  # and 1 after the last step
         self._table = StepTable(self.timesteps, self._weights(abars), self.history, self.clip_x0,

@@ -203,7 +203,9 @@ def test_io_and_metadata_describe_the_host_loop():
 
 
 SCHEDULERS = {"ddpm": ("ddpm", {}), "ddpm-clip": ("ddpm", {"clip_x0": True}), "ddim": ("ddim", {"eta": 0.5}),
-              "dpmpp": ("dpmpp", {}), "dpmpp-sde": ("dpmpp-sde", {}), "dpmpp3m": ("dpmpp3m", {"clip_x0": True})}
+              "dpmpp": ("dpmpp", {}), "dpmpp-sde": ("dpmpp-sde", {}), "dpmpp3m": ("dpmpp3m", {"clip_x0": True}),
+              "dpmpp-sde-logsnr": ("dpmpp-sde", {"steps": 4, "spacing": "logsnr"}),
+              "dpmpp-sde-karras": ("dpmpp-sde", {"steps": 3, "spacing": "karras"})}
 
 
 def runtime_steps(eps_fn: EpsFn, table: StepTable, x_T: np.ndarray, zs: List[np.ndarray]) -> List[Step]:
@@ -218,7 +220,8 @@ def runtime_steps(eps_fn: EpsFn, table: StepTable, x_T: np.ndarray, zs: List[np.
 
 @pytest.mark.parametrize("case", SCHEDULERS)
 def test_scheduler_tables_match_the_runtime_step(case):
-    """Each runtime scheduler's table, at its default steps, on the tutorial's schedule (ddpm: all 200 steps)."""
+    """Each runtime scheduler's table, at its default steps (and the few-step noise-level spacings), on the
+    tutorial's schedule (ddpm: all 200 steps)."""
     name, options = SCHEDULERS[case]
     table = make_scheduler(name, ScheduleTables.from_name("linear", T), **options).table()
     unet = toy_unet(17)

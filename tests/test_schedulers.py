@@ -337,23 +337,64 @@ def test_3m_is_2m_on_its_second_step_and_below_15_steps_on_the_last_but_one(step
 
 
 # ---- timestep spacing --------------------------------------------------------------------------------
+TEN = ScheduleTables.from_name("linear", 10).alphas_cumprod
+TUTORIAL = ScheduleTables.from_name("linear", 200)
+
+
 def test_spacings_on_a_small_example():
-    assert spaced_timesteps(10, 3, "linspace").tolist() == [9, 4, 0]  # round(0, 4.5, 9), half to even
-    assert spaced_timesteps(10, 3, "leading").tolist() == [6, 3, 0]
-    assert spaced_timesteps(10, 3, "trailing").tolist() == [9, 6, 2]
+    assert spaced_timesteps(TEN, 3, "linspace").tolist() == [9, 4, 0]  # round(0, 4.5, 9), half to even
+    assert spaced_timesteps(TEN, 3, "leading").tolist() == [6, 3, 0]
+    assert spaced_timesteps(TEN, 3, "trailing").tolist() == [9, 6, 2]
+
+
+def half_log_snr(t: np.ndarray, tables: ScheduleTables = TUTORIAL) -> np.ndarray:
+    abar = tables.alphas_cumprod[t]
+    return 0.5 * np.log(abar / (1.0 - abar))
+
+
+@pytest.mark.parametrize("steps", [3, 4, 5, 10])
+def test_logsnr_spacing_is_even_in_log_snr_up_to_rounding(steps):
+    chosen = spaced_timesteps(TUTORIAL.alphas_cumprod, steps, "logsnr")
+    assert chosen[0] == 199 and chosen[-1] == 0
+    levels = half_log_snr(chosen)
+    step = (levels[-1] - levels[0]) / (steps - 1)
+    # each timestep is the nearest one to its level: within half a timestep's log-SNR change of it
+    slope = np.abs(np.diff(half_log_snr(np.arange(200)))).max()
+    assert np.abs(levels - (levels[0] + step * np.arange(steps))).max() <= slope / 2 + 1e-12
+    assert spaced_timesteps(TUTORIAL.alphas_cumprod, 3, "logsnr").tolist() == [199, 21, 0]
+
+
+def test_karras_spacing_is_even_in_sigma_to_the_one_over_rho():
+    chosen = spaced_timesteps(TUTORIAL.alphas_cumprod, 4, "karras")
+    abar = TUTORIAL.alphas_cumprod
+    sigma = np.sqrt((1 - abar) / abar)
+    ramp = sigma[-1] ** (1 / 7) + np.linspace(0, 1, 4) * (sigma[0] ** (1 / 7) - sigma[-1] ** (1 / 7))
+    nearest = [int(np.abs(np.log(sigma) - 7 * np.log(r)).argmin()) for r in ramp]
+    assert chosen.tolist() == nearest == [199, 80, 14, 0]
+    # rho = 7 spends more of the steps at low noise than even log-SNR steps do
+    assert np.all(chosen[1:-1] >= spaced_timesteps(abar, 4, "logsnr")[1:-1])
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_noise_level_spacings_follow_the_schedule_not_the_index(spacing):
+    cosine = ScheduleTables.from_name("cosine", 200).alphas_cumprod
+    assert not np.array_equal(spaced_timesteps(cosine, 5, spacing), spaced_timesteps(TUTORIAL.alphas_cumprod, 5, spacing))
 
 
 @settings(max_examples=60, deadline=None)
-@given(timesteps=st.integers(2, 1000), data=st.data(), spacing=st.sampled_from(SPACINGS))
-def test_spaced_timesteps_are_distinct_descending_and_in_range(timesteps, data, spacing):
+@given(timesteps=st.integers(2, 1000), data=st.data(), spacing=st.sampled_from(SPACINGS),
+       schedule=st.sampled_from(["linear", "cosine", "quadratic", "sigmoid"]))
+def test_spaced_timesteps_are_distinct_descending_and_in_range(timesteps, data, spacing, schedule):
     steps = data.draw(st.integers(1, timesteps))
-    chosen = spaced_timesteps(timesteps, steps, spacing)
+    chosen = spaced_timesteps(ScheduleTables.from_name(schedule, timesteps).alphas_cumprod, steps, spacing)
     assert len(chosen) == steps and np.all(np.diff(chosen) < 0)
     assert 0 <= chosen[-1] and chosen[0] <= timesteps - 1
     if steps == timesteps:
         assert chosen.tolist() == list(range(timesteps - 1, -1, -1))
-    if spacing == "trailing":
+    if spacing in ("trailing", "logsnr", "karras"):
         assert chosen[0] == timesteps - 1
+    if spacing in ("logsnr", "karras") and steps > 1:
+        assert chosen[-1] == 0
 
 
 @pytest.mark.parametrize("steps", [0, 4])

@@ -20,10 +20,11 @@ from ms_ddpm.runtime.schedulers import make_scheduler
 
 T = tiny_config().diffusion.timesteps
 # one setting per sampler, with what each exercises: DDPM at all T steps (the end-to-end check joins the gate),
-# stochastic DDIM, multistep, stochastic multistep with clipping, third order
+# stochastic DDIM, multistep, stochastic multistep with clipping, third order, few steps spaced by noise level
 SAMPLERS = {"ddpm": SamplerSettings("ddpm"), "ddim": SamplerSettings("ddim", 4, eta=0.5),
             "dpmpp": SamplerSettings("dpmpp", 4), "dpmpp-sde": SamplerSettings("dpmpp-sde", 5, clip_x0=True),
-            "dpmpp3m": SamplerSettings("dpmpp3m", 5, spacing="linspace")}
+            "dpmpp3m": SamplerSettings("dpmpp3m", 5, spacing="linspace"),
+            "dpmpp-sde-logsnr": SamplerSettings("dpmpp-sde", 4, spacing="logsnr")}
 FLOAT_ATOL = 1e-4  # in-graph loop vs numpy loop, both on onnxruntime
 
 
