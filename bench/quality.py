@@ -258,9 +258,9 @@ def run_quality(checkpoint: Path, out: Path, *, work: Path, n: int, seeds: Seque
         coupling = brownian_coupling(scheduler.table(), sampler.tables)
         for seed, (x_T, fine) in paths.items():
             log(f"sampling {n} images: {row.label}, seed {seed} ...")
-            started = time.perf_counter()
+            row_began = time.perf_counter()
             samples = to_uint8(sampler.denoise(scheduler, x_T, _coupled_noise(coupling, fine)))
-            seconds += time.perf_counter() - started
+            seconds += time.perf_counter() - row_began
             for store, value in zip((logits, feats), model(samples)):
                 store.append(value)
             if len(logits) == 1:

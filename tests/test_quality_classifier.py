@@ -1,5 +1,6 @@
 """The quality metric's classifier: trained with MindSpore, exported to ONNX, run by onnxruntime."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -42,7 +43,8 @@ def test_quality_runs_from_another_folder_with_relative_paths(tiny_checkpoint, t
     assert all(r["low"] <= r["difference"] <= r["high"] for r in rows)
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == sorted(f"{r['picture'][2:]}" for r in rows)
     assert "](q/ddpm-10.png)" in (tmp_path / "q.md").read_text()
-    assert report["checkpoint"] == "tiny.ckpt" and report["started"] and report["machine"]["cpu"]
+    assert report["checkpoint"] == "tiny.ckpt" and report["machine"]["cpu"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", report["started"]), report["started"]  # the date it began
     for text in ((tmp_path / "q.json").read_text(), (tmp_path / "q.md").read_text()):
         assert str(tmp_path) not in text and "/tmp/" not in text
 
