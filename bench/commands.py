@@ -67,6 +67,7 @@ def bench(
     work: Optional[Path] = typer.Option(None, help="Keeps the exported models here (default: a "
                                                    "temporary folder, removed at the end)."),
     batches: str = typer.Option("1,16,64", help="U-Net batch sizes to time."),
+    train_batches: str = typer.Option("16,64", help="Batch sizes of the MindSpore training step."),
     repeats: Optional[int] = typer.Option(None, help="Timed calls per engine and batch (default 10; 3 with --quick)."),
     threads: int = typer.Option(os.cpu_count() or 1, help="Threads for every engine."),
     backends: str = typer.Option("onnxruntime,mslite,mindspore,openvino",
@@ -75,7 +76,8 @@ def bench(
     images: int = typer.Option(64, help="Images per end-to-end sampling run."),
     max_load: Optional[float] = typer.Option(None, help="Wait (up to 10 min) until the 1-minute load average is below this."),
 ) -> None:
-    """Benchmark U-Net calls per engine against the fp32 MatMul peak, and end-to-end sampling; Markdown + JSON."""
+    """Benchmark U-Net calls per engine and the MindSpore training step against the fp32 MatMul peak, and end-to-end
+    sampling; Markdown + JSON."""
     from .latency import ENGINES, BenchSettings, run_bench
 
     engines = tuple(b.strip() for b in backends.split(",") if b.strip())
@@ -83,7 +85,7 @@ def bench(
         raise ToolkitError(f"--backends takes {', '.join(ENGINES)}; got {backends!r}")
     for option, value in (("--threads", threads), ("--images", images), ("--repeats", repeats)):
         check_minimum(option, value)
-    batch_sizes = _ints(batches, "--batches", 1)
+    batch_sizes, train_sizes = _ints(batches, "--batches", 1), _ints(train_batches, "--train-batches", 1)
     out = _outputs(out)
     checkpoint, work = _absolute(checkpoint, "checkpoint"), _absolute(work)
     deadline = time.time() + 600
@@ -92,7 +94,7 @@ def bench(
         time.sleep(30)
     with _scratch(work, "ms-ddpm-bench.") as folder:
         settings = BenchSettings(work=folder, quick=quick, checkpoint=checkpoint, threads=threads, engines=engines,
-                                 batches=batch_sizes, repeats=repeats, images=images)
+                                 batches=batch_sizes, train_batches=train_sizes, repeats=repeats, images=images)
         run_bench(settings, out, log=typer.echo, command=command_line(ctx))
 
 

@@ -176,31 +176,73 @@ def matmul_call(size: int, threads: Optional[int]) -> Callable[[], Any]:
     return lambda: session.run(None, {"a": a, "b": b})
 
 
-class Engine:
-    """A worker's engine: a runtime backend (`kind`) in a Sampler on a U-Net artifact, or kind "matmul"."""
+class TrainSteps:
+    """The toolkit's jit `TrainStep` as `train` runs it (a BatchSampler batch, the step, its loss read back), on
+    random images, one per batch size; `fused=False` spells GroupNorm as the exporters do (the step before
+    the fused norm). Weights, optimizer and data all come from seed 0, so both spellings see the same numbers."""
 
-    def __init__(self, kind: str, artifact: str = "", size: int = 0, threads: Optional[int] = None):
+    def __init__(self, config: Dict[str, Any], fused: bool):
+        from ..train import prepare_mindspore
+
+        prepare_mindspore()
+        self.config, self.fused, self.steps = config, fused, {}
+
+    def at(self, batch: int) -> Callable[[], float]:
+        """The step at `batch` (built and compiled on its first call)."""
+        if batch not in self.steps:
+            self.steps[batch] = self._build(batch)
+        return self.steps[batch]
+
+    def _build(self, batch: int) -> Callable[[], float]:
+        import itertools
+
+        import mindspore as ms
+        from mindspore import Tensor
+
+        from ..runtime.config import Config
+        from ..train.model import build_unet, use_exportable_norms
+        from ..train.trainer import BatchSampler, TrainStep
+
+        config = Config.from_dict({**self.config, "train": {"batch_size": batch, "steps": 100_000}})
+        ms.set_seed(0)
+        net = build_unet(config.model)
+        step = TrainStep(net if self.fused else use_exportable_norms(net), config)
+        m = config.model
+        images = np.random.default_rng(0).uniform(-1, 1, (4 * batch, m.channels, m.image_size, m.image_size))
+        batches, counter = BatchSampler(images.astype(np.float32), config).batch, itertools.count()
+        return lambda: float(step.step(*map(Tensor, batches(next(counter))))[0].asnumpy())
+
+
+class Engine:
+    """A worker's engine: a runtime backend (`kind`) in a Sampler on a U-Net artifact, kind "matmul", or kind
+    "train" (`TrainSteps` on the model `config`)."""
+
+    def __init__(self, kind: str, artifact: str = "", size: int = 0, threads: Optional[int] = None,
+                 config: Optional[Dict[str, Any]] = None, fused: bool = True):
         if kind == "mindspore":
             from ..train import prepare_mindspore
 
             prepare_mindspore()  # as the toolkit runs MindSpore: oneDNN capped at AVX2 on AVX-512 CPUs
+        self.sampler, self.train = None, TrainSteps(config or {}, fused) if kind == "train" else None
         if kind == "matmul":
-            self.sampler, self.call = None, matmul_call(size, threads)
-        else:
+            self.call = matmul_call(size, threads)
+        elif kind != "train":
             self.sampler = Sampler.load(artifact, backend=kind, threads=threads)
             self.call = self.sampler.backend
 
-    def _inputs(self, batch: int) -> tuple:
-        """The export gate's random (x, t) at `batch`; none for the MatMul."""
+    def _call(self, batch: int) -> Tuple[Callable[..., Any], tuple]:
+        """The call at `batch` and its arguments: the export gate's random (x, t) for a U-Net, none otherwise."""
+        if self.train is not None:
+            return self.train.at(batch), ()
         if self.sampler is None:
-            return ()
+            return self.call, ()
         case = gate_cases(self.sampler.manifest.run_config, batch, (batch,))[0]
-        return case.x, case.t.astype(self.sampler.index_dtype)
+        return self.call, (case.x, case.t.astype(self.sampler.index_dtype))
 
     def time(self, calls: int, batch: int = 1) -> Dict[str, Any]:
         """Seconds of `calls` calls; calls=0: one untimed call (the warm-up)."""
-        args = self._inputs(batch)
-        return {"times": [timed(self.call, *args)[1] for _ in range(max(calls, 1))][:calls]}
+        call, args = self._call(batch)
+        return {"times": [timed(call, *args)[1] for _ in range(max(calls, 1))][:calls]}
 
     def sample(self, n: int, scheduler: str, steps: int) -> Dict[str, Any]:
         """Seconds of `Sampler.sample(n, scheduler, steps)`, and the part spent in its U-Net calls."""

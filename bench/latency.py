@@ -1,5 +1,5 @@
-"""`ms-ddpm bench`: U-Net latency per engine against the fp32 MatMul peak, and end-to-end
-sampling against its U-Net calls; Markdown + JSON. This process only orchestrates: the models are exported in a
+"""`ms-ddpm bench`: U-Net latency per engine and the MindSpore training step against the fp32 MatMul peak, and
+end-to-end sampling against its U-Net calls; Markdown + JSON. This process only orchestrates: the models are exported in a
 child process, every measurement runs in a worker (bench/harness.py)."""
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from .harness import Log, Worker, WorkerFailed, in_child, load_average, machine,
 
 ENGINES = tuple(BACKENDS)
 PEAK = "fp32 matmul peak"
+TRAIN_STEPS = {"train step (decomposed GroupNorm)": False, "train step": True}  # label: fused GroupNorm
+TRAIN_FLOPS = 3  # a training step counted as 3x the forward FLOPs (forward, and backward's two products)
 MATMUL_SIZE = 2048
 E2E_RUNS = (("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10))
 SCHEDULER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}
@@ -34,6 +36,7 @@ class BenchSettings:
     quick: bool  # a tiny model (without `checkpoint`), 3 calls per engine and batch, 2 s of calls at most
     checkpoint: Optional[Path]  # None: an untrained model (tutorial-size, or tiny with `quick`)
     batches: Tuple[int, ...]
+    train_batches: Tuple[int, ...]  # batch sizes of the training step
     repeats: Optional[int]  # timed calls per engine and batch (None: 10, quick 3)
     threads: int
     engines: Tuple[str, ...]
@@ -142,6 +145,8 @@ class Bench:
         try:
             self._start_workers()
             self._unet_latency()
+            self._training()
+            self._peak()
             self._end_to_end()
         finally:
             for worker in self.workers.values():
@@ -167,32 +172,57 @@ class Bench:
     def _start_workers(self) -> None:
         rows = engine_rows(self.s, self.result["models"]["artifacts"], self.missing)
         rows[PEAK] = {"kind": "matmul", "size": MATMUL_SIZE, "threads": self.s.threads}
+        rows.update({label: {"kind": "train", "config": self.manifest.config, "fused": fused}
+                     for label, fused in TRAIN_STEPS.items()})
         self.log(f"starting workers: {', '.join(rows)} ...")
         self.workers = start_workers(rows, self.errors)
         self.missing.update({label: "failed (see Not measured)" for label in rows if label not in self.workers})
 
-    def _unet_latency(self) -> None:
-        rows, peak_times = [], []
-        for batch in self.s.batches:
-            workers = {label: worker for label, worker in self.workers.items() if worker.proc.is_alive()}
-            self.log(f"U-Net calls at batch {batch} ({', '.join(workers)}; in turn) ...")
+    def _rotation(self, labels: List[str], what: str, batches: Tuple[int, ...], flops: float, key: str
+                  ) -> List[Dict[str, Any]]:
+        """Rows {key: label, batch, summary at `flops` per item} of the workers `labels` and the MatMul peak, timed
+        in turn at each of `batches`; the peak's calls are kept for `_peak`."""
+        rows = []
+        for batch in batches:
+            workers = {label: worker for label, worker in self.workers.items()
+                       if label in (*labels, PEAK) and worker.proc.is_alive()}
+            self.log(f"{what} at batch {batch} ({', '.join(workers)}; in turn) ...")
             measured = rotate(workers, "time", {"batch": batch}, self.s.repeats, self.s.budget_s, self.errors)
-            peak_times += measured.pop(PEAK, [])
-            rows += [{"backend": label, "batch": batch, **summarize(times, self.flops_per_image * batch)}
-                     for label, times in measured.items()]
-        peak = summarize(peak_times, 2 * MATMUL_SIZE ** 3) if peak_times else {}
-        self.result["peak"] = {"size": MATMUL_SIZE, "engine": "onnxruntime MatMul (MLAS)", **peak}
+            self.peak_times += measured.pop(PEAK, [])
+            rows += [{key: label, "batch": batch, **summarize(times, flops * batch)} for label, times in measured.items()]
+        return rows
+
+    def _unet_latency(self) -> None:
+        self.peak_times: List[float] = []
+        engines = [label for label in self.workers if label != PEAK and label not in TRAIN_STEPS]
+        rows = self._rotation(engines, "U-Net calls", self.s.batches, self.flops_per_image, "backend")
         for row in rows:
-            for stat in ("best", "median"):
-                row[f"peak_fraction_{stat}"] = row[f"gflops_{stat}"] / peak[f"gflops_{stat}"] if peak else None
             row["vs_first"] = row["median_s"] / next(r for r in rows if r["batch"] == row["batch"])["median_s"]
         self.result["unet"] = rows
+
+    def _training(self) -> None:
+        """The training step before and after the fused GroupNorm, in turn with the peak; *speed-up* is the old
+        step's median over this one's at the same batch."""
+        rows = self._rotation(list(TRAIN_STEPS), "MindSpore train step", self.s.train_batches,
+                              TRAIN_FLOPS * self.flops_per_image, "step")
+        for row in rows:
+            old = next((r for r in rows if r["batch"] == row["batch"] and not TRAIN_STEPS[r["step"]]), None)
+            row["speedup"] = old["median_s"] / row["median_s"] if old else None
+        self.result["training"] = rows
+
+    def _peak(self) -> None:
+        """The MatMul peak over every rotation, and each row's fraction of it."""
+        peak = summarize(self.peak_times, 2 * MATMUL_SIZE ** 3) if self.peak_times else {}
+        self.result["peak"] = {"size": MATMUL_SIZE, "engine": "onnxruntime MatMul (MLAS)", **peak}
+        for row in self.result["unet"] + self.result["training"]:
+            for stat in ("best", "median"):
+                row[f"peak_fraction_{stat}"] = row[f"gflops_{stat}"] / peak[f"gflops_{stat}"] if peak else None
 
     def _end_to_end(self) -> None:
         """`Sampler.sample` per scheduler on the first engine, against the time spent in its U-Net calls."""
         runs, n = [], self.s.images
         engine, worker = next(((label, worker) for label, worker in self.workers.items()
-                               if label != PEAK and worker.proc.is_alive()), (None, None))
+                               if label != PEAK and label not in TRAIN_STEPS and worker.proc.is_alive()), (None, None))
         for name, steps in E2E_RUNS if worker else ():
             steps = min(steps, self.manifest.timesteps)
             self.log(f"end to end: {n} images, {name}-{steps} ({engine}) ...")
@@ -229,14 +259,32 @@ def milliseconds(seconds: float) -> str:
     return number(seconds, 1 if seconds < 10 else 0, 1e3)
 
 
+def peak_cell(row: Dict[str, Any]) -> str:
+    """A row's % of the peak: best over best (median over median)."""
+    return f"{percent(row['peak_fraction_best'])} ({percent(row['peak_fraction_median'])})"
+
+
+def render_training(rows: List[Dict[str, Any]]) -> List[str]:
+    """The training-step section."""
+    return ["\n## MindSpore training step\n\nThe toolkit's jit `TrainStep` as `ms-ddpm train` runs it (draw the batch, "
+            "step, read the loss back) on random images, timed in turn with the MatMul peak; the step before the fused "
+            "GroupNorm (*decomposed*, the exporters' spelling) and the step `train` runs now, same model and numbers. "
+            f"*GFLOP/s* counts a step as {TRAIN_FLOPS}x the forward FLOPs; *speed-up* is the decomposed step's "
+            "median over the row's.\n",
+            table(["step", "batch", "n", "median s", "min s", "GFLOP/s median", "GFLOP/s best", "% of peak", "speed-up"],
+                  [[r["step"], r["batch"], r["n"], number(r["median_s"], 3), number(r["min_s"], 3),
+                    number(r["gflops_median"], 1), number(r["gflops_best"], 1), peak_cell(r), number(r["speedup"])]
+                   for r in rows])]
+
+
 def render_markdown(result: Dict[str, Any]) -> str:
-    """Machine, model and peak; U-Net calls per engine; end to end; what was not measured."""
+    """Machine, model and peak; U-Net calls per engine; the training step; end to end; what was not measured."""
     m, model, peak, e2e = result["machine"], result["model"], result["peak"], result["end_to_end"]
     cfg, first = model["config"], next((r["backend"] for r in result["unet"]), "the first engine")
     checkpoint = result["models"]["checkpoint"]
     unet = [[r["backend"], r["batch"], r["n"], milliseconds(r["median_s"]), milliseconds(r["min_s"]),
              number(r["gflops_median"], 1), number(r["gflops_best"], 1),
-             f"{percent(r['peak_fraction_best'])} ({percent(r['peak_fraction_median'])})", number(r["vs_first"])]
+             peak_cell(r), number(r["vs_first"])]
             for r in result["unet"]] + [[label, "-", 0, why, *["n/a"] * 5] for label, why in result["missing"].items()]
     out = [f"# Benchmark results\n\nGenerated by `{result['command']}` on {result['started']}; the run took "
            f"{result['duration_s']:.0f} s. Load average (1/5/15 min) at start {result['load_average_start']}, at end "
@@ -248,7 +296,7 @@ def render_markdown(result: Dict[str, Any]) -> str:
            f"ConvTranspose, MatMul, Gemm of the exported ONNX). Checkpoint: "
            f"{f'`{checkpoint}`' if checkpoint else 'untrained (random weights)'}.\n",
            f"**fp32 MatMul peak** ({peak['size']}x{peak['size']} float32 MatMul on {peak['engine']}, timed in turn with "
-           "the U-Net calls): " + (f"**{peak['gflops_best']:.0f} GFLOP/s** best, {peak['gflops_median']:.0f} median "
+           "the U-Net calls and the training steps): " + (f"**{peak['gflops_best']:.0f} GFLOP/s** best, {peak['gflops_median']:.0f} median "
                                   f"over {peak['n']} calls" if "n" in peak else "**not measured** (see Not measured)")
            + ". *% of peak*: an engine's best call over the best MatMul, and (in brackets) its median over the median "
            "MatMul.\n",
@@ -256,6 +304,8 @@ def render_markdown(result: Dict[str, Any]) -> str:
            f"gets fewer: see n). *x first* is median time over {first}'s at the same batch.\n",
            table(["backend", "batch", "n", "median ms", "min ms", "GFLOP/s median", "GFLOP/s best", "% of peak",
                   "x first"], unet)]
+    if result["training"]:
+        out += render_training(result["training"])
     if e2e["runs"]:
         out += [f"\n## End to end: {e2e['images']} images\n\n`Sampler.sample` on {e2e['engine']}, one run each, batch "
                 f"{e2e['images']} per U-Net call; *U-Net s* is the time spent inside the U-Net calls of that run, "

@@ -22,6 +22,7 @@ from ..runtime.errors import ToolkitError, first_line
 from ..runtime.files import atomic_path, check_output_dir, sha256_file
 from ..runtime.manifest import Manifest, manifest_path_for
 from ..train.checkpoint import Checkpoint, load_model
+from ..train.model import use_exportable_norms
 
 from .formats import Exported, format_module
 from .gate import EpsFn, GateReport, gate_batch_sizes, gate_cases, run_gate
@@ -91,6 +92,7 @@ def default_output(checkpoint: Path, suffix: str) -> Path:
 
 def _load_source(checkpoint: Path, log: Log) -> tuple[nn.Cell, Checkpoint]:
     net, source = load_model(checkpoint)
+    use_exportable_norms(net)  # the exporters' spelling of GroupNorm: the same function
     log(f"loaded {source.path} (step {source.step})")
     return net, source
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO, assert_clean_error, run_cli
 
-SECTIONS = ("## U-Net, one call", "## End to end: 4 images")
+SECTIONS = ("## U-Net, one call", "## MindSpore training step", "## End to end: 4 images")
 
 
 def _tables(markdown: str):
@@ -39,7 +39,7 @@ def test_bench_quick_writes_a_well_formed_table(quick_bench):
     for section in SECTIONS:
         assert section in markdown, section
     tables = _tables(markdown)
-    assert len(tables) == 2  # U-Net, end to end
+    assert len(tables) == 3  # U-Net, training step, end to end
     for table in tables:
         assert re.fullmatch(r"(---\|?)+", "|".join(table[1])), table[1]  # the separator row
         assert all(len(row) == len(table[0]) for row in table), table
@@ -61,6 +61,12 @@ def test_bench_quick_json_has_every_measurement(quick_bench):
     for row in result["unet"]:
         assert row["batch"] in (1, 4) and 0 < row["min_s"] <= row["median_s"] and row["n"] >= 2
         assert 0 < row["peak_fraction_best"]
+    training = result["training"]
+    assert {(r["step"], r["batch"]) for r in training} == \
+        {(step, batch) for step in ("train step", "train step (decomposed GroupNorm)") for batch in (16, 64)}
+    for row in training:  # 3x the forward FLOPs of the same model, against the peak of the same run
+        assert row["gflops_best"] * row["min_s"] == pytest.approx(3 * result["model"]["gflop_per_image"] * row["batch"])
+        assert 0 < row["peak_fraction_best"] and row["speedup"] > 0
     runs = result["end_to_end"]["runs"]
     assert [(r["scheduler"], r["steps"]) for r in runs] == \
         [("ddpm", 200), ("ddim", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10)]

@@ -74,3 +74,17 @@ def test_sample_and_noise_write_their_pictures(tiny_checkpoint, tmp_path):
     result = run_cli("noise", tmp_path / "cat.png", "--image-size", "32", "--out", tmp_path / "strip.png")
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(tmp_path / "strip.png").size[0] > 5 * 32
+
+
+def test_epochs_are_an_alternative_to_steps(tmp_path):
+    """--epochs N trains N x (dataset size // batch size) steps; with --steps too, or below 1, it is one error."""
+    data = tmp_path / "ten.npz"
+    np.savez(data, images=np.random.default_rng(0).integers(0, 255, (10, 8, 8, 1), dtype=np.uint8))
+    tiny = [arg for arg in TINY if arg not in ("--steps", "2")]
+    for extra, fragment in ((["--steps", "2", "--epochs", "1"], "--steps and --epochs are alternatives"),
+                            (["--epochs", "0"], "--epochs must be >= 1")):
+        assert_clean_error(run_cli("train", "--data", data, "--out", tmp_path / "bad", *tiny, *extra), fragment)
+    assert not (tmp_path / "bad").exists()
+    result = run_cli("train", "--data", data, "--out", tmp_path / "run", *tiny, "--epochs", "2", "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained 4 steps" in result.stdout  # 2 epochs of 10 // 4 = 2 batches

@@ -13,7 +13,7 @@ import numpy as np
 import typer
 
 from ..runtime.config import Config, DiffusionConfig, ModelConfig, TrainConfig
-from ..runtime.errors import ToolkitError
+from ..runtime.errors import ToolkitError, check_minimum
 from ..runtime.files import check_output_dir
 from ..runtime.images import check_outputs, save_grid, save_samples, to_uint8
 from ..runtime.progress import progress_bar
@@ -55,6 +55,8 @@ def train(
     timesteps: Optional[int] = typer.Option(None, help="Diffusion steps T (default 200, the tutorial's)."),
     loss: Optional[str] = typer.Option(None, help="huber (default, the tutorial's) | l2."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (default 2000). With --resume, raise it to train longer."),
+    epochs: Optional[int] = typer.Option(None, help="Train this many epochs instead of --steps (an epoch: dataset size / "
+                                                    "batch size steps, as the tutorial counts them)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 16, the tutorial's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate of the cosine decay (default 1e-3)."),
     hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips (default on, as in the "
@@ -80,6 +82,9 @@ def train(
     `--resume` continues exactly where it stopped.
     """
     require_extra("train", "mindspore")
+    if steps is not None and epochs is not None:
+        raise ToolkitError("--steps and --epochs are alternatives: give one")
+    check_minimum("--epochs", epochs)
     if distributed:
         msrun_worker_count()  # fails unless msrun started this process, before the run directory is touched
     overrides = {
@@ -97,7 +102,11 @@ def train(
     images = load_images(config.train.data, config.model.image_size, config.model.channels)  # before MindSpore loads
     prepare_mindspore()
     from .distributed import DistributedContext, join_msrun_cluster
-    from .trainer import train as run_training
+    from .trainer import batches_per_epoch, train as run_training
+
+    if epochs is not None:
+        steps = epochs * batches_per_epoch(len(images), config.train.batch_size)
+        config = _with_overrides(config, {"train": {"steps": steps}})
 
     context = join_msrun_cluster(config.train.batch_size) if distributed else DistributedContext()
     result = run_training(config, to_model_range(images), out, resume=resume, show_progress=progress, context=context)

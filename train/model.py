@@ -9,7 +9,9 @@ Fixes against the tutorial (docs/tutorial-fixes.md lists them all):
   full attribute path, which is unique and stable.
 - `x.var(1, keepdims=True)` changes default from biased to unbiased in future MindSpore: the
   variance here is the explicit biased mean of squares, as GroupNorm/LayerNorm define it.
-- `ops.inv` and `nn.GroupNorm` have no ONNX converter: normalisation is mean/var/sqrt/div.
+- `ops.inv` and `nn.GroupNorm` have no ONNX converter: training runs MindSpore's fused `ops.group_norm`,
+  and the exporters switch every `GroupNorm` to mean/var/sqrt/div first (`use_exportable_norms`): the same
+  function, the same parameters, today's ONNX graph.
 - Every reshape uses -1 for the batch axis (no `expand_dims`, no `x.shape[0]`), so exported graphs
   take any batch size.
 - The attention output projections are matmuls over a (out, in, 1, 1) weight instead of 1x1
@@ -44,7 +46,8 @@ def group_norm(x: Tensor, num_groups: int, eps: float = NORM_EPS) -> Tensor:
 
 
 class GroupNorm(nn.Cell):
-    """`nn.GroupNorm` from exportable primitives; same parameter names (gamma, beta)."""
+    """`nn.GroupNorm`'s parameters (gamma, beta) in one of two spellings of one function: MindSpore's fused
+    `ops.group_norm` (`fused`, the default: training's speed), or exportable primitives (`fused=False`)."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = NORM_EPS):
         super().__init__()
@@ -52,10 +55,13 @@ class GroupNorm(nn.Cell):
             raise ValueError(f"{num_channels} channels do not split into {num_groups} groups")
         self.num_groups = num_groups
         self.eps = eps
+        self.fused = True
         self.gamma = Parameter(initializer("ones", (num_channels,)), name="gamma")
         self.beta = Parameter(initializer("zeros", (num_channels,)), name="beta")
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.fused:
+            return ops.group_norm(x, self.num_groups, self.gamma, self.beta, self.eps)
         y = group_norm(x, self.num_groups, self.eps)
         return y * self.gamma.reshape((1, -1, 1, 1)) + self.beta.reshape((1, -1, 1, 1))
 
@@ -282,6 +288,15 @@ def assign_unique_parameter_names(cell: nn.Cell) -> None:
     """Name each parameter by its full attribute path (fixes the tutorial's duplicate names)."""
     for path, param in cell.parameters_and_names():
         param.name = path
+
+
+def use_exportable_norms(net: nn.Cell) -> nn.Cell:
+    """Switch every `GroupNorm` in `net` to its exportable spelling (MindSpore's ONNX exporter has no GroupNorm);
+    returns `net`."""
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, GroupNorm):
+            cell.fused = False
+    return net
 
 
 def build_unet(config: ModelConfig) -> Unet:

@@ -40,6 +40,7 @@ from .model import build_unet, count_parameters
 from .run_paths import LATEST
 
 MAX_NONFINITE_STEPS = 10
+PROGRESS_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, ETA {remaining}, {rate_noinv_fmt}{postfix}]"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -54,13 +55,18 @@ class TrainResult:
     stopped_by: Optional[int] = None  # the signal (SIGINT, SIGTERM) that stopped training early
 
 
+def batches_per_epoch(images: int, batch_size: int) -> int:
+    """Steps in one epoch: the dataset's full batches (at least one)."""
+    return max(1, images // batch_size)
+
+
 class BatchSampler:
     """Epoch-shuffled batches with random flips, reproducible from (seed, step) alone."""
 
     def __init__(self, images: np.ndarray, config: Config):
         self.images = images  # float32 (N, C, H, W) on [-1, 1]
         self.config = config
-        self.batches_per_epoch = max(1, len(images) // config.train.batch_size)
+        self.batches_per_epoch = batches_per_epoch(len(images), config.train.batch_size)
         self._epoch, self._order = -1, np.arange(len(images))
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -241,7 +247,8 @@ def train(config: Config, images: np.ndarray, run_dir: Path, resume: bool = Fals
     nonfinite_run = 0
     began = time.perf_counter()
     progress = progress_bar(show_progress and context.is_main, iterable=range(start, config.train.steps), initial=start,
-                            total=config.train.steps, desc="train")
+                            total=config.train.steps, desc="train", unit="step",
+                            bar_format=PROGRESS_FORMAT)
     with StopSignals(enabled=not context.is_distributed) as stop:
         for step in progress:
             x0, t, noise = context.shard(*sampler.batch(step))
