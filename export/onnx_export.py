@@ -38,12 +38,15 @@ def export(net, model: ModelConfig, path: Path, batch: Optional[int], opset: Opt
            optimize: bool = False, skip: Collection[str] = ()) -> Exported:
     """Export `net` (a MindSpore cell) to `path`, repaired, converted to `opset` if given, fully checked, and
     optimised if `optimize` (without the rewrites named in `skip`; export.pipeline passes ExportRequest.optimize,
-    on by default)."""
+    on by default). Every GroupNorm in `net` is switched to its exportable spelling first (MindSpore's ONNX
+    exporter has no GroupNorm)."""
     import mindspore as ms  # the export step only
 
+    from ..train.model import use_exportable_norms
     from .source import example_inputs
 
     check_opset(opset, optimize)
+    use_exportable_norms(net)
     dynamic = batch is None
     ms.onnx.export(net, *example_inputs(model, TRACE_BATCH if dynamic else batch), file_name=str(path),
                    input_names=list(INPUT_NAMES),
