@@ -136,6 +136,7 @@ class Bench:
         self.errors: Dict[str, str] = {}
         self.missing: Dict[str, str] = {}  # rows that were not measured, and why (short)
         self.result: Dict[str, Any] = {}
+        self.peak_times: List[float] = []  # the MatMul peak's calls, from every rotation
 
     def run(self) -> Dict[str, Any]:
         began = time.perf_counter()
@@ -193,8 +194,7 @@ class Bench:
         return rows
 
     def _unet_latency(self) -> None:
-        self.peak_times: List[float] = []
-        engines = [label for label in self.workers if label != PEAK and label not in TRAIN_STEPS]
+        engines = [label for label in self.workers if is_unet_engine(label)]
         rows = self._rotation(engines, "U-Net calls", self.s.batches, self.flops_per_image, "backend")
         for row in rows:
             row["vs_first"] = row["median_s"] / next(r for r in rows if r["batch"] == row["batch"])["median_s"]
@@ -222,7 +222,7 @@ class Bench:
         """`Sampler.sample` per scheduler on the first engine, against the time spent in its U-Net calls."""
         runs, n = [], self.s.images
         engine, worker = next(((label, worker) for label, worker in self.workers.items()
-                               if label != PEAK and label not in TRAIN_STEPS and worker.proc.is_alive()), (None, None))
+                               if is_unet_engine(label) and worker.proc.is_alive()), (None, None))
         for name, steps in E2E_RUNS if worker else ():
             steps = min(steps, self.manifest.timesteps)
             self.log(f"end to end: {n} images, {name}-{steps} ({engine}) ...")
@@ -257,6 +257,11 @@ def percent(value: Optional[float]) -> str:
 
 def milliseconds(seconds: float) -> str:
     return number(seconds, 1 if seconds < 10 else 0, 1e3)
+
+
+def is_unet_engine(label: str) -> bool:
+    """Whether a worker's row times U-Net calls (not the MatMul peak or a training step)."""
+    return label != PEAK and label not in TRAIN_STEPS
 
 
 def peak_cell(row: Dict[str, Any]) -> str:

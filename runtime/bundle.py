@@ -62,17 +62,18 @@ def bundle(artifact: Path, host: str, out: Path, tar: bool = False, progress: bo
     """Write the bundle of `artifact` for `host` to `out` (a folder, or with `tar` an archive); returns its summary."""
     if host not in HOSTS:
         raise ToolkitError(f"--host must be one of {', '.join(HOSTS)}, got {host!r}")
-    compression = _check_out(Path(out), tar)
-    staging = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.", suffix=".tmp", dir=Path(out).parent))
+    out = Path(out)
+    compression = _check_out(out, tar)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        top = staging / _folder_name(Path(out), compression)
+        top = staging / _folder_name(out, compression)
         top.mkdir()
         summary = (_fill_cpp if host == "cpp" else _fill_web)(Path(artifact), top)
         if compression is None:
             os.rename(top, out)  # onto nothing, or onto an empty folder
         else:
-            _write_archive(top, Path(out), compression, progress)
-            summary.append(f"archive: {out} ({_megabytes(Path(out).stat().st_size)}, {compression})")
+            _write_archive(top, out, compression, progress)
+            summary.append(f"archive: {out} ({_megabytes(out.stat().st_size)}, {compression})")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
@@ -217,7 +218,8 @@ is installed and no variable is set. The same seed gives the same images as `Sam
 x86_64 Linux with glibc symbols up to {facts['requires']['glibc']} and libstdc++ up to {facts['requires']['libstdc++']}
 (Debian 12, Ubuntu 22.04 or newer), and these libraries of the base system, which the bundle does not ship:
 {', '.join(f'`{name}`' for name in BASE_LIBRARIES)} (glibc, GCC's runtime and zlib: on every Debian and Ubuntu
-system). `libnuma.so.1` is opened when present (MindSpore Lite's NUMA support) and is not needed.
+system). {', '.join(f'`{name}`' for name in OPTIONAL_LIBRARIES)}: opened when present (MindSpore Lite's NUMA
+support), not needed.
 
 ## What it ships
 
@@ -283,19 +285,21 @@ nginx and Apache do by default). `?threads=N` in the URL asks for N threads.
 
 # ---- description, checks, archive ----------------------------------------------------------------------------
 def _write_description(top: Path, manifest: Manifest, facts: Dict, readme: str) -> None:
-    """README.md, then bundle.json: the facts, with the sha256 and size of every other file, README.md included."""
+    """README.md, then bundle.json: the facts, with the sha256 and size of every other file (facts' table of the
+    files before the README, and README.md's own entry)."""
     from importlib import metadata
 
     (top / "README.md").write_text(readme)
     description = {"bundle_format": BUNDLE_FORMAT, "toolkit_version": metadata.version("ms-ddpm"), **facts,
                    "sampler": {key: manifest.sampler[key] for key in ("name", "steps", "eta", "spacing")},
-                   "files": _file_table(top)}
+                   "files": {**facts["files"], **_file_table(top, ["README.md"])}}
     (top / BUNDLE_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
 
-def _file_table(top: Path) -> Dict[str, Dict[str, object]]:
+def _file_table(top: Path, paths: Optional[List[str]] = None) -> Dict[str, Dict[str, object]]:
+    """sha256 and size of `paths` in `top` (default: every file but bundle.json)."""
     return {path: {"sha256": sha256_file(top / path), "bytes": (top / path).stat().st_size}
-            for path in _files(top) if path != BUNDLE_FILE}
+            for path in (paths if paths is not None else _files(top)) if path != BUNDLE_FILE}
 
 
 def _files(top: Path) -> List[str]:
@@ -327,19 +331,9 @@ def describe_bundle(folder: Path) -> Tuple[List[str], bool]:
     problems = [f"sha256: {problem}: {name}" for name, problem in _check_files(folder, facts["files"]) if problem]
     manifest = Manifest.load(folder / facts["manifest"])
     lines += [f"model: {line}" for line in manifest.describe()]
-    line, model_ok = artifact_check(folder / facts["artifact"], manifest)
+    line, model_ok = manifest.check_artifact(folder / facts["artifact"])
     ok = model_ok and not problems
     return lines + problems + [line, f"bundle files: {'OK' if not problems else 'MISMATCH'}"], ok
-
-
-def artifact_check(artifact: Path, manifest: Manifest) -> Tuple[str, bool]:
-    """`sha256: OK`, or `sha256: MISMATCH (...)`, for a model file against its manifest's artifact_sha256."""
-    if not artifact.is_file():
-        return f"sha256: MISSING (no file {artifact})", False
-    actual = sha256_file(artifact)
-    if actual == manifest.artifact_sha256:
-        return "sha256: OK", True
-    return f"sha256: MISMATCH (file {actual}, manifest {manifest.artifact_sha256})", False
 
 
 def _check_files(folder: Path, listed: Dict[str, Dict]) -> Iterator[Tuple[str, Optional[str]]]:

@@ -57,14 +57,14 @@ def info(path: Path = typer.Argument(..., help="An exported model (unet.onnx, ..
                                               "or a bundle folder (ms-ddpm bundle).")) -> None:
     """Describe an exported model or a bundle, and check it: the model's sha256 against its manifest, every file of a
     bundle against its bundle.json. Exit 1 when something does not match."""
-    from .bundle import BUNDLE_FILE, artifact_check, describe_bundle
+    from .bundle import BUNDLE_FILE, describe_bundle
 
     if path.is_dir() and (path / BUNDLE_FILE).is_file():
         lines, ok = describe_bundle(path)
     else:
         artifact = path.with_suffix("") if path.suffix.lower() == ".json" else check_artifact_path(path)
         manifest = Manifest.load(manifest_path_for(artifact))
-        check, ok = artifact_check(artifact, manifest)
+        check, ok = manifest.check_artifact(artifact)
         lines = [f"manifest: {manifest_path_for(artifact)}", *manifest.describe(), check]
     typer.echo("\n".join(lines))
     if not ok:

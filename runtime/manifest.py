@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import Config, parse_json
 from .errors import ToolkitError
-from .files import write_text_atomic
+from .files import sha256_file, write_text_atomic
 from .schedulers import DEFAULT_SPACING, Scheduler, make_scheduler
 from .schedules import ScheduleTables, beta_schedule
 
@@ -114,6 +114,15 @@ class Manifest:
     def batch_axes(self) -> Tuple[Tuple[Optional[int], ...], Tuple[int, ...]]:
         """The batch axis of each input and each output (None: none); a step model's state is (K, N, C, H, W)."""
         return ((0, 0), (0,)) if self.sampler is None else ((0, None, 0, 1), (0, 0, 1))
+
+    def check_artifact(self, artifact: Path) -> Tuple[str, bool]:
+        """`sha256: OK`, or `sha256: MISMATCH (...)` / `MISSING`, for the model file against artifact_sha256."""
+        if not artifact.is_file():
+            return f"sha256: MISSING (no file {artifact})", False
+        actual = sha256_file(artifact)
+        if actual == self.artifact_sha256:
+            return "sha256: OK", True
+        return f"sha256: MISMATCH (file {actual}, manifest {self.artifact_sha256})", False
 
     def describe(self) -> List[str]:
         """The manifest in words, one fact a line (`ms-ddpm info`)."""

@@ -24,7 +24,6 @@ import numpy as np
 
 from .backends import Backend, backend_for_format, open_backend
 from .errors import ToolkitError
-from .files import sha256_file
 from .images import to_uint8
 from .manifest import Manifest, SamplerSettings, manifest_path_for
 from .noise import NoiseStream
@@ -41,7 +40,7 @@ def load_artifact(artifact: Union[str, Path]) -> Tuple[Path, Manifest]:
     if not artifact.is_file():
         raise ToolkitError(f"artifact not found: {artifact}")
     manifest = Manifest.load(manifest_path_for(artifact))
-    if sha256_file(artifact) != manifest.artifact_sha256:
+    if not manifest.check_artifact(artifact)[1]:
         raise ToolkitError(f"artifact does not match its manifest (sha256 differs): {artifact}")
     return artifact, manifest
 
